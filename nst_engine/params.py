@@ -1,0 +1,87 @@
+"""Every setting the optimiser uses, with its default, its range and what it means: one place.
+
+A preset is a set of values for these fields (the YAML keys are the field names); the command
+line and the plug-in override some of them. Torch-free, so presets can be listed and validated
+without loading PyTorch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .vgg_layers import FEATURE_LAYERS
+
+
+def _key(default: Any, doc: str, *, kind: type | tuple[type, ...], lo: float | None = None,
+         hi: float | None = None, choices: tuple[str, ...] | None = None,
+         layers: bool = False, nullable: bool = False) -> Any:
+    """A dataclass field whose metadata drives preset validation and the docs."""
+    meta = {"doc": doc, "kind": kind, "min": lo, "max": hi, "choices": choices,
+            "layers": layers, "nullable": nullable}
+    if isinstance(default, Mapping):
+        frozen = MappingProxyType(dict(default))
+        return field(default_factory=lambda: frozen, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class StyleParams:
+    max_size: int = _key(512, "longest side, in px, of the last (finest) pyramid level",
+                         kind=int, lo=64, hi=8192)
+    levels: int = _key(3, "pyramid levels; each is half the size of the next, coarsest first",
+                       kind=int, lo=1, hi=6)
+    iterations: int = _key(300, "optimiser steps in all, split evenly over the levels",
+                           kind=int, lo=1, hi=20000)
+    optimizer: str = _key("adam", "adam (iterate-averaged) or lbfgs", kind=str,
+                          choices=("adam", "lbfgs"))
+    learning_rate: float = _key(0.02, "Adam step size, in units of the [0, 1] pixel range",
+                                kind=float, lo=1e-5, hi=1.0)
+    average_decay: float = _key(0.9, "Adam iterate averaging: decay of the running mean of "
+                                "the image (0 = off)", kind=float, lo=0.0, hi=0.999)
+    content_layers: Mapping[str, float] = _key({"relu4_2": 1.0}, "content layers and weights",
+                                               kind=dict, layers=True)
+    style_layers: Mapping[str, float] = _key(
+        {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0},
+        "style layers and weights", kind=dict, layers=True)
+    content_weight: float = _key(1.0, "weight of the content loss", kind=float, lo=0.0, hi=1e9)
+    style_weight: float = _key(1e4, "weight of the style loss (times strength)", kind=float,
+                               lo=0.0, hi=1e12)
+    tv_weight: float = _key(1e-3, "weight of the total-variation (smoothness) loss", kind=float,
+                            lo=0.0, hi=1e9)
+    style_loss: str = _key("gram", "gram, mean_cov (mean + covariance) or sliced_wasserstein",
+                           kind=str, choices=("gram", "mean_cov", "sliced_wasserstein"))
+    pooling: str = _key("avg", "VGG pooling: max or avg", kind=str, choices=("max", "avg"))
+    init: str = _key("content", "start from the content image or from noise", kind=str,
+                     choices=("content", "noise"))
+    style_scale: float = _key(1.0, "size of the style image relative to the content",
+                              kind=float, lo=0.05, hi=8.0)
+    preserve_colors: bool = _key(False, "keep the content's colours; transfer luminance only",
+                                 kind=bool)
+    seed: int | None = _key(None, "random seed; null = a new one each run", kind=int,
+                            lo=0, hi=2**63 - 1, nullable=True)
+    strength: float = _key(1.0, "multiplies style_weight", kind=float, lo=0.0, hi=10.0)
+
+    def with_overrides(self, **overrides: Any) -> "StyleParams":
+        """A copy with the given fields replaced; ``None`` values mean "keep this one"."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def level_sizes(self) -> list[int]:
+        """Longest side of each pyramid level, coarsest first (never below 64 px)."""
+        sizes = [max(64, round(self.max_size / 2 ** i)) for i in range(self.levels)]
+        return sorted(set(sizes))
+
+    def level_iterations(self) -> list[int]:
+        """Steps per level: ``iterations`` split evenly, the remainder going to the finest."""
+        n = len(self.level_sizes())
+        base, extra = divmod(self.iterations, n)
+        steps = [base] * n
+        steps[-1] += extra
+        return steps
+
+
+#: Field name -> dataclass field, for validation and docs.
+PARAM_FIELDS = {f.name: f for f in fields(StyleParams)}
+#: Layer names a preset may use in ``content_layers`` / ``style_layers``.
+ALLOWED_LAYERS = FEATURE_LAYERS
