@@ -1,0 +1,90 @@
+"""``python -m nst_engine``: the command line.
+
+This module only parses arguments; each command's work lives in the module that owns it and is
+imported when the command runs, so ``presets`` never imports torch and ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import EngineError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nst_engine",
+                                description="VGG19 neural style transfer (the engine of the "
+                                            "Style Transfer plug-in for GIMP 3).")
+    p.add_argument("--version", action="version", version=f"nst_engine {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("stylize", help="repaint CONTENT in the style of one or more STYLE images")
+    s.add_argument("content", metavar="CONTENT", help="the image to repaint (PNG, JPEG, TIFF)")
+    s.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
+                   help="a style image; repeat for a blend of several")
+    s.add_argument("--style-weights", metavar="W1,W2,...",
+                   help="blend weights, one per --style (default: equal)")
+    s.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file; the format follows the extension (.png, .jpg, .tif)")
+    s.add_argument("--preset", default=None, help="preset name (see `presets`)")
+    s.add_argument("--max-size", type=int, help="longest side of the result's optimisation, px")
+    s.add_argument("--iterations", type=int, help="optimiser steps in all")
+    s.add_argument("--strength", type=float, help="multiplies the preset's style weight (0-10)")
+    s.add_argument("--preserve-colors", action="store_true", default=None,
+                   help="keep the content's colours (transfer luminance only)")
+    s.add_argument("--seed", type=int, help="random seed, for repeatable results")
+    s.add_argument("--device", choices=DEVICES, default="auto")
+    s.add_argument("--weights", metavar="PATH", help="VGG19 weights file (default: the installed "
+                                                      "cache; see `fetch-weights`)")
+    s.add_argument("--weights-kind", choices=("torchvision", "caffe"),
+                   help="preprocessing the weights expect, when the file does not tell")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    pr = sub.add_parser("presets", help="list presets, or show one fully resolved")
+    pr.add_argument("--show", metavar="NAME", help="print the resolved values of one preset")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+
+    d = sub.add_parser("doctor", help="check torch, devices, weights and presets")
+    d.add_argument("--weights", metavar="PATH")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+
+    f = sub.add_parser("fetch-weights", help="download VGG19 weights (hash-checked) and build "
+                                             "the compact cache")
+    f.add_argument("--kind", choices=("torchvision", "caffe"), default="torchvision")
+    f.add_argument("--from-file", metavar="PATH",
+                   help="build the cache from a file you already have (offline)")
+    f.add_argument("--weights-kind", choices=("torchvision", "caffe"),
+                   help="preprocessing the --from-file weights expect, when the file does not "
+                        "tell")
+
+    sv = sub.add_parser("serve", help="the GIMP plug-in's engine process (framed messages on "
+                                      "stdin/stdout, logs on stderr)")
+    sv.add_argument("--weights", metavar="PATH")
+    sv.add_argument("--device", choices=DEVICES, default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "stylize":
+            from .run_stylize import run
+        elif args.command == "presets":
+            from .presets import run_command as run
+        elif args.command == "doctor":
+            from .doctor import run
+        elif args.command == "fetch-weights":
+            from .weights import run_fetch as run
+        else:
+            from .serve import run
+        return run(args)
+    except EngineError as e:
+        print(f"error: {e.user_text()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
