@@ -16,6 +16,8 @@ from typing import Any
 APP = "nst-style-transfer"
 CONFIG_FILE = "config.json"
 CONFIG_VERSION = 1
+#: The preset used when none is named (by the CLI, the plug-in, a batch script).
+DEFAULT_PRESET = "balanced"
 
 
 def _home() -> Path:
