@@ -1,0 +1,86 @@
+"""VGG19 feature extractor: torchvision's ``vgg19().features``, cut after the deepest layer used.
+
+Built on the meta device and filled with the cached conv weights (``load_state_dict(assign=
+True)``), so no random initialisation is computed and no classifier is ever allocated.
+Preprocessing for the weights' kind (see ``weights.PREPROCESS``) happens inside, with buffers,
+so ``.to(device)`` moves everything.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torchvision
+from torch import nn
+
+from .vgg_layers import INDEX, LAYERS
+from .weights import PREPROCESS, VGGWeights
+
+POOLINGS = ("max", "avg")
+
+
+class VGGFeatures(nn.Module):
+    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> None:
+        super().__init__()
+        layers = list(dict.fromkeys(layers))
+        unknown = [n for n in layers if n not in INDEX]
+        if unknown or not layers:
+            raise ValueError(f"unknown VGG19 layer(s) {unknown or layers}; "
+                             f"known: {', '.join(LAYERS)}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
+        self.layers = tuple(layers)
+        self.pooling = pooling
+        self.kind = weights.kind
+        wanted = {INDEX[n] for n in layers}
+        last = max(wanted)
+
+        with torch.device("meta"):
+            full = torchvision.models.vgg19(weights=None).features
+        body = full[: last + 1]
+        for i, module in enumerate(body):
+            if isinstance(module, nn.MaxPool2d) and pooling == "avg":
+                body[i] = nn.AvgPool2d(kernel_size=2, stride=2)
+            elif isinstance(module, nn.ReLU):
+                # In place is fine (and saves memory) unless it would overwrite a captured conv
+                # output.
+                module.inplace = (i - 1) not in wanted
+        state = {f"{INDEX[name]}.{param}": t
+                 for key, t in weights.convs.items()
+                 for name, param in [key.split(".")] if INDEX[name] <= last}
+        body.load_state_dict(state, strict=True, assign=True)
+        self.body = body
+        # (layer index, name) in forward order
+        self._capture = {INDEX[n]: n for n in layers}
+        self._last = last
+
+        pre = PREPROCESS[weights.kind]
+        self.bgr = pre["bgr"]
+        mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        # x_net = x01 * scale / std - mean / std, one fused multiply-add
+        self.register_buffer("in_scale", pre["scale"] / std)
+        self.register_buffer("in_shift", -mean / std)
+
+        self.eval()
+        self.requires_grad_(False)
+
+    def preprocess(self, rgb01: torch.Tensor) -> torch.Tensor:
+        x = rgb01.flip(1) if self.bgr else rgb01
+        return torch.addcmul(self.in_shift.to(x.dtype), x, self.in_scale.to(x.dtype))
+
+    def forward(self, rgb01: torch.Tensor) -> dict[str, torch.Tensor]:
+        if rgb01.ndim != 4 or rgb01.shape[1] != 3:
+            raise ValueError(f"expected an RGB batch [N, 3, H, W], got {tuple(rgb01.shape)}")
+        x = self.preprocess(rgb01)
+        out: dict[str, torch.Tensor] = {}
+        for i, module in enumerate(self.body):
+            x = module(x)
+            if i in self._capture:
+                out[self._capture[i]] = x
+        return out
+
+    def train(self, mode: bool = True) -> "VGGFeatures":
+        # Always eval: there is no dropout/batch-norm here, but keep the promise explicit.
+        return super().train(False)

@@ -1,0 +1,29 @@
+"""Shared test setup: the repository root on sys.path and generated random-weight VGG19 files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def random_weights_file(tmp_path_factory) -> Path:
+    """Random VGG19 weights, torchvision layout (features.N.*), seed 0 (~80 MB, made once)."""
+    from nst_engine.testing import make_random_vgg19_file
+
+    return make_random_vgg19_file(tmp_path_factory.mktemp("weights") / "random-vgg19.pth")
+
+
+@pytest.fixture(scope="session")
+def random_caffe_weights_file(tmp_path_factory) -> Path:
+    """The same random convs (seed 0) in the Caffe conversion's layout (conv1_1.weight …)."""
+    from nst_engine.testing import make_random_vgg19_file
+
+    return make_random_vgg19_file(tmp_path_factory.mktemp("weights") / "random-vgg-conv.pth",
+                                  layout="caffe_names")
