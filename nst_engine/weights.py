@@ -245,25 +245,35 @@ def _unknown_notice(sha: str | None) -> str:
 def _torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers, errors in the user's words."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": noise to a user; the file is judged below.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise WeightsInvalid(
-                f"{path} is not a weights file: it holds Python objects other than tensors, "
-                "so it was refused before loading (no code was run).",
-                "Use a VGG19 state dict (.pth) from a trusted source. " + _OFFLINE_HINT) from None
-        raise WeightsInvalid(f"{path} is not a PyTorch weights file, or it is truncated or "
-                             f"corrupt ({e}).", "Download it again. " + _OFFLINE_HINT) from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as e:
-        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
-            raise WeightsInvalid(f"Cannot read {path}: {e.strerror or e}.",
-                                 "Check the path and its permissions.") from None
-        raise WeightsInvalid(f"{path} is truncated or corrupt: PyTorch could not read it "
-                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}).",
+        # torch's message is long and tells people to retry with weights_only=False, which is
+        # exactly what must not be done with an untrusted file: keep only the reason.
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln
+                       or "unrecognized" in ln), "")
+        raise WeightsInvalid(
+            f"{path} is not a weights file: it holds Python objects other than tensors"
+            f"{f' ({reason})' if reason else ''}, so it was refused before loading "
+            "(no code was run).",
+            "Use a VGG19 state dict (.pth) from a trusted source. " + _OFFLINE_HINT) from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise WeightsInvalid(f"Cannot read {path}: {e.strerror or e}.",
+                             "Check the path and its permissions.") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
+            TypeError, IndexError) as e:
+        detail = str(e).splitlines()[0][:160] if str(e).strip() else ""
+        detail = f" ({detail})" if detail and not isinstance(e, KeyError) else ""
+        raise WeightsInvalid(f"{path} is truncated, corrupt or not a PyTorch weights file: "
+                             f"PyTorch could not read it{detail}.",
                              "Download it again. " + _OFFLINE_HINT) from None
 
 
@@ -416,7 +426,8 @@ def run_fetch(args: Any) -> int:
             if current.verified and current.kind == kind:
                 print(f"Already installed: {_describe(current)}. Nothing to do.")
                 return 0
-            print(f"Replacing the installed {_describe(current)}.")
+            print(f"Installed now: {_describe(current)}; fetching the {kind} download to "
+                  "replace it.")
 
     # torchvision's own download cache may already hold the file: use it, checksum-checked.
     import torch.hub

@@ -1,0 +1,173 @@
+"""``python -m nst_engine doctor``: what this engine has to work with, and what to fix.
+
+Checks Python, torch/torchvision, the devices torch sees, the weights (found, validated,
+checksum-verified, kind) and the preset folders. Exit code 0 when a stylize run can work,
+1 otherwise. Every check is guarded, so one broken part never hides the report on the others.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .bridge import config
+
+
+def _problem(report: dict, what: str, fix: str, *, fatal: bool = True) -> None:
+    report["problems"].append({"problem": what, "fix": fix, "fatal": fatal})
+
+
+def _check_torch(report: dict) -> bool:
+    try:
+        import torch
+        import torchvision
+    except Exception as e:  # noqa: BLE001 -- any import failure is the finding
+        _problem(report, f"PyTorch cannot be imported: {e}",
+                 "Install torch and torchvision in this Python (`python install.py` does it).")
+        return False
+    report["torch"] = torch.__version__
+    report["torchvision"] = torchvision.__version__
+    devices: list[dict[str, Any]] = []
+    try:
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                devices.append({"type": "cuda", "index": i,
+                                "name": torch.cuda.get_device_name(i)})
+        else:
+            report["cuda_note"] = ("PyTorch built without CUDA" if torch.version.cuda is None
+                                   else f"CUDA {torch.version.cuda} build, no usable GPU seen")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            devices.append({"type": "mps", "name": "Apple Metal (MPS)"})
+    except Exception as e:  # noqa: BLE001
+        _problem(report, f"Probing GPUs failed: {e}", "Check the GPU driver; the CPU still "
+                 "works.", fatal=False)
+    devices.append({"type": "cpu", "name": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads()})
+    report["devices"] = devices
+    return True
+
+
+def _weights_path(args: Any) -> tuple[Path | None, str]:
+    if getattr(args, "weights", None):
+        return Path(args.weights), "--weights"
+    try:
+        configured = config.load_config().get("weights")
+    except config.ConfigError:
+        configured = None
+    if configured:
+        return Path(configured), f"config {config.config_path()}"
+    return None, "default cache"
+
+
+def _check_weights(report: dict, args: Any) -> bool:
+    from .errors import EngineError
+    from .weights import default_weights_path, load_weights
+
+    path, origin = _weights_path(args)
+    info: dict[str, Any] = {"path": str(path or default_weights_path()), "from": origin,
+                            "found": (path or default_weights_path()).exists()}
+    report["weights"] = info
+    try:
+        w = load_weights(path)
+    except EngineError as e:
+        info.update(ok=False, error=e.message)
+        _problem(report, e.message, e.hint)
+        return False
+    info.update(ok=True, kind=w.kind, verified=w.verified, notice=w.notice,
+                sha256=w.sha256, convs=len(w.convs) // 2)
+    if not w.verified:
+        _problem(report, "The weights are not a known VGG19 download (unknown checksum): "
+                 "results will not be those of the real VGG19.",
+                 "For real results run `python -m nst_engine fetch-weights`.", fatal=False)
+    return True
+
+
+def _check_presets(report: dict) -> None:
+    builtin = Path(__file__).with_name("presets")
+    user = config.user_presets_dir()
+    info: dict[str, Any] = {
+        "builtin_dir": str(builtin), "builtin_files": len(list(builtin.glob("*.y*ml"))),
+        "user_dir": str(user), "user_dir_exists": user.is_dir(),
+        "user_files": len(list(user.glob("*.y*ml"))) if user.is_dir() else 0}
+    report["presets"] = info
+    try:
+        from .presets import load_presets
+    except ImportError:
+        return  # the presets module is optional for this report
+    try:
+        pset = load_presets()
+    except Exception as e:  # noqa: BLE001 -- a broken built-in is a finding, not a crash
+        info["error"] = str(e)
+        _problem(report, f"The built-in presets do not load: {e}",
+                 "Reinstall Style Transfer (`python install.py`); please report this.")
+        return
+    info["count"] = len(pset.presets)
+    info["builtin"] = len(pset.builtins)
+    info["names"] = sorted(pset.presets)
+    for err in pset.problems:
+        text = err.user_text() if hasattr(err, "user_text") else str(err)
+        _problem(report, f"User preset skipped: {getattr(err, 'message', str(err))}",
+                 getattr(err, "hint", "") or text, fatal=False)
+    if config.DEFAULT_PRESET not in pset.presets:
+        _problem(report, f"The default preset '{config.DEFAULT_PRESET}' is missing.",
+                 "Reinstall Style Transfer, or fix the user preset of that name.")
+
+
+def collect(args: Any) -> dict:
+    report: dict[str, Any] = {
+        "nst_engine": __version__,
+        "python": sys.version.split()[0], "python_executable": sys.executable,
+        "platform": platform.platform(), "problems": []}
+    if _check_torch(report):
+        _check_weights(report, args)
+    _check_presets(report)
+    report["ok"] = not any(p["fatal"] for p in report["problems"])
+    return report
+
+
+def _print_text(r: dict) -> None:
+    print(f"nst_engine {r['nst_engine']} on Python {r['python']} ({r['python_executable']})")
+    print(f"platform:    {r['platform']}")
+    if "torch" in r:
+        print(f"torch:       {r['torch']}, torchvision {r['torchvision']}")
+        names = ", ".join(f"{d['type']}" + (f":{d['index']}" if "index" in d else "")
+                          + f" ({d['name']})" for d in r["devices"])
+        print(f"devices:     {names}")
+        if "cuda_note" in r:
+            print(f"             (no CUDA: {r['cuda_note']})")
+    w = r.get("weights")
+    if w:
+        if w.get("ok"):
+            state = "verified" if w["verified"] else "NOT verified (unknown checksum)"
+            print(f"weights:     {w['path']} [{w['from']}]: {w['kind']}, {state}")
+            if w.get("notice"):
+                print(f"             notice: {w['notice']}")
+        else:
+            print(f"weights:     {w['path']} [{w['from']}]: not usable")
+    p = r["presets"]
+    count = f"{p['count']} presets" if "count" in p else f"{p['builtin_files']} files"
+    print(f"presets:     {count}; built-in {p['builtin_dir']}; user {p['user_dir']}"
+          + ("" if p["user_dir_exists"] else " (not created)"))
+    if r["problems"]:
+        print("\nproblems:")
+        for prob in r["problems"]:
+            tag = "error" if prob["fatal"] else "warning"
+            print(f"  {tag}: {prob['problem']}")
+            if prob["fix"]:
+                print(f"    fix: {prob['fix']}")
+    print("\nOK: ready to stylize." if r["ok"] else "\nNOT READY: fix the errors above.")
+
+
+def run(args: Any) -> int:
+    report = collect(args)
+    if getattr(args, "json", False):
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        _print_text(report)
+    return 0 if report["ok"] else 1
