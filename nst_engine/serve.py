@@ -1,0 +1,303 @@
+"""``python -m nst_engine serve``: the engine process the GIMP plug-in talks to.
+
+Framed messages (``bridge/wire.py``) on stdin/stdout; everything else goes to stderr, which the
+client points at its log file. The protocol owns the real stdout: before torch (or anything
+that might print) is imported, fd 1 is moved to a private descriptor and fd 1 becomes a copy
+of stderr, so even a C library's ``printf`` lands in the log instead of corrupting a frame.
+stdin is likewise moved aside and replaced by the null device.
+
+Threads: a reader takes frames off stdin — jobs go to a queue the main thread works through,
+``cancel`` sets the named job's event, ``shutdown`` or the end of stdin (the plug-in exited or
+GIMP killed it) cancels everything and ends the process; if the running job has not stopped
+``EXIT_GRACE`` seconds later the process exits anyway. After a cancelled job the engine keeps
+serving. Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an
+error frame and the engine exits, since the stream is out of step; a well-framed but wrong
+message (unknown type, other protocol version, bad fields) is answered and the engine goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from .bridge import wire
+from .bridge.wire import Code, Msg, ProtocolError
+
+#: Seconds a cancelled job gets to stop after shutdown/EOF before the process exits regardless.
+EXIT_GRACE = 1.5
+#: Progress frames per second at most (the first, stage changes and the last always go).
+PROGRESS_PER_SECOND = 10
+#: Exit status after a framing error on stdin.
+EXIT_PROTOCOL = 3
+#: Environment variable that lowers the payload limit (bytes), e.g. for tests.
+MAX_PAYLOAD_ENV = "NST_MAX_PAYLOAD"
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} serve[{os.getpid()}]: {msg}", file=sys.stderr,
+          flush=True)
+
+
+def _claim_stdio() -> tuple[io.FileIO, io.FileIO]:
+    """Private descriptors for the protocol; fd 1 → stderr, fd 0 → the null device."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    out_fd = os.dup(1)  # dup'd descriptors are not inherited by children (PEP 446)
+    in_fd = os.dup(0)
+    os.dup2(2, 1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdout = sys.stderr
+    sys.stdin = open(os.devnull, encoding="utf-8")
+    if sys.platform == "win32":
+        import msvcrt
+        msvcrt.setmode(out_fd, os.O_BINARY)
+        msvcrt.setmode(in_fd, os.O_BINARY)
+    # Raw files: no buffer lock a daemon reader thread could hold at interpreter exit.
+    return io.FileIO(in_fd, "rb", closefd=True), io.FileIO(out_fd, "wb", closefd=True)
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+class _Throttle:
+    """The ``progress`` callback: at most PROGRESS_PER_SECOND frames, never dropping the first,
+    a stage change or the last."""
+
+    def __init__(self, send, rid: Any) -> None:
+        self._send, self._rid = send, rid
+        self._last_time = -math.inf
+        self._last_stage: str | None = None
+        self._pending = None
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        must = (p.stage != self._last_stage or p.stage == "done" or p.iteration >= p.total)
+        if must or now - self._last_time >= 1.0 / PROGRESS_PER_SECOND:
+            self._emit(p, now)
+        else:
+            self._pending = p
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self._emit(self._pending, time.monotonic())
+
+    def _emit(self, p, now: float) -> None:
+        self._pending, self._last_time, self._last_stage = None, now, p.stage
+        self._send({"type": Msg.PROGRESS, "id": self._rid, "stage": p.stage, "level": p.level,
+                    "levels": p.levels, "iteration": p.iteration, "total": p.total,
+                    "elapsed": _finite(p.elapsed), "eta": _finite(p.eta)})
+
+
+class _Server:
+    def __init__(self, args: Any, inp: io.FileIO, out: io.FileIO) -> None:
+        self.args = args
+        self.inp, self.out = inp, out
+        self.max_payload = int(os.environ.get(MAX_PAYLOAD_ENV) or wire.DEFAULT_MAX_PAYLOAD)
+        self.jobs: queue.Queue = queue.Queue()
+        self.cancels: dict[Any, threading.Event] = {}
+        self.lock = threading.Lock()  # guards writes to out and self.cancels
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self.notices: list[str] = []  # attached to every result (e.g. unverified weights)
+
+    # -------------------------------------------------------------------- sending
+
+    def send(self, header: dict[str, Any], *parts: bytes) -> bool:
+        try:
+            with self.lock:
+                wire.write_frame(self.out, header, *parts)
+            return True
+        except (OSError, ValueError):  # the client is gone (broken pipe) or out was closed
+            self.stop(self.exit_code, "the client stopped reading")
+            return False
+
+    def send_error(self, rid: Any, code: str, message: str, hint: str = "") -> bool:
+        return self.send({"type": Msg.ERROR, "id": rid, "code": code, "message": message,
+                          "hint": hint})
+
+    # -------------------------------------------------------------------- life cycle
+
+    def stop(self, code: int, why: str) -> None:
+        with self.lock:
+            if self.stopping.is_set():
+                return
+            self.exit_code = code
+            self.stopping.set()
+            for ev in self.cancels.values():
+                ev.set()
+        _log(f"stopping: {why}")
+        self.jobs.put(None)
+        timer = threading.Timer(EXIT_GRACE, self._force_exit)
+        timer.daemon = True
+        timer.start()
+
+    def _force_exit(self) -> None:
+        _log(f"the running job did not stop within {EXIT_GRACE} s: exiting now")
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(self.exit_code)
+
+    def hello(self) -> bool:
+        """Import torch, look at the device and weights, send ``hello`` (or a start-up error)."""
+        try:
+            import torch
+        except Exception as e:  # noqa: BLE001 - any import failure means no engine
+            _log("importing torch failed:\n" + traceback.format_exc())
+            self.send_error(None, Code.ENGINE_NOT_STARTED,
+                            f"PyTorch cannot be loaded by the engine's Python ({e}).",
+                            "Run `python install.py` again to repair the engine's environment.")
+            return False
+        from . import __version__
+        from .errors import DeviceUnavailable, EngineError, WeightsMissing
+        from .devices import resolve_device
+        from .params import StyleParams
+        from .stylize import model_for
+
+        notices: list[str] = []
+        try:
+            device = resolve_device(self.args.device)
+        except DeviceUnavailable as e:
+            device = None
+            notices.append(e.user_text())
+        try:  # loads the weights now (status for the hello) and keeps the model for the jobs
+            _, desc = model_for(self.args.weights, None, StyleParams(),
+                                device or torch.device("cpu"))
+            weights = {"status": "verified" if desc.verified else "unverified",
+                       "notice": desc.notice}
+            if desc.notice:
+                self.notices.append(desc.notice)
+        except EngineError as e:
+            weights = {"status": "missing" if isinstance(e, WeightsMissing) else "invalid",
+                       "notice": e.user_text()}
+        notices += [n for n in (weights["notice"],) if n]
+        _log(f"engine {__version__}, torch {torch.__version__}, device {device}, "
+             f"weights {weights['status']}")
+        return self.send({"type": Msg.HELLO, "protocol": wire.PROTOCOL_VERSION,
+                          "engine_version": __version__,
+                          "device": str(device) if device is not None else None,
+                          "torch": torch.__version__, "weights": weights, "notices": notices})
+
+    def serve(self) -> int:
+        if not self.hello():
+            return 1
+        threading.Thread(target=self.read_loop, name="nst-serve-reader", daemon=True).start()
+        while True:
+            item = self.jobs.get()
+            if item is None or self.stopping.is_set():
+                break
+            self.run_job(*item)
+        return self.exit_code
+
+    # -------------------------------------------------------------------- input
+
+    def read_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                frame = wire.read_frame(self.inp, accept=wire.CLIENT_TYPES,
+                                        max_payload=self.max_payload)
+            except ProtocolError as e:
+                _log(f"bad message from the client ({e.code}): {e.message}")
+                self.send_error(e.id, e.code, f"The engine received a message it cannot use: "
+                                f"{e.message}.", "Install the plug-in and the engine from the "
+                                "same Style Transfer version (`python install.py`).")
+                if e.fatal:
+                    self.stop(EXIT_PROTOCOL, "the input stream is out of step")
+                    return
+                continue
+            except OSError as e:
+                self.stop(0, f"reading stdin failed: {e}")
+                return
+            if frame is None:
+                self.stop(0, "end of input (the plug-in exited)")
+                return
+            rid = frame.header.get("id")
+            if frame.type == Msg.STYLIZE:
+                ev = threading.Event()
+                with self.lock:
+                    self.cancels[rid] = ev
+                self.jobs.put((frame, ev))
+            elif frame.type == Msg.CANCEL:
+                with self.lock:
+                    targets = list(self.cancels.values()) if rid is None else \
+                        [self.cancels[rid]] if rid in self.cancels else []
+                for ev in targets:
+                    ev.set()
+            elif frame.type == Msg.SHUTDOWN:
+                self.stop(0, "shutdown requested")
+                return
+
+    # -------------------------------------------------------------------- jobs
+
+    def run_job(self, frame: wire.Frame, cancel: threading.Event) -> None:
+        from .errors import Cancelled, EngineError, OutOfMemory
+
+        h = frame.header
+        rid = h.get("id")
+        started = time.monotonic()
+        try:
+            if cancel.is_set():
+                raise Cancelled("Style transfer cancelled.", "")
+            result = self._stylize(h, frame.payload, cancel)
+            self.send({"type": Msg.RESULT, "id": rid, "width": result.width,
+                       "height": result.height, "notices": self.notices},
+                      result.tobytes())
+            _log(f"job {rid!r} done in {time.monotonic() - started:.1f} s")
+        except EngineError as e:
+            _log(f"job {rid!r}: {e.code}: {e.message}")
+            self.send_error(rid, e.code, e.message, e.hint)
+        except MemoryError:
+            _log(f"job {rid!r}: out of memory:\n" + traceback.format_exc())
+            self.send_error(rid, OutOfMemory.code, "The engine ran out of memory.",
+                            "Use a smaller max-size or a smaller region.")
+        except Exception as e:  # noqa: BLE001 - reported, with the traceback in the log
+            _log(f"job {rid!r} failed:\n" + traceback.format_exc())
+            self.send_error(rid, Code.INTERNAL,
+                            f"The engine failed unexpectedly ({type(e).__name__}: {e}).",
+                            "This is a bug; the details are in the engine log. "
+                            "Please report it with that log.")
+        finally:
+            with self.lock:
+                self.cancels.pop(rid, None)
+
+    def _stylize(self, h: dict[str, Any], payload: bytes, cancel: threading.Event):
+        from PIL import Image
+
+        from .presets import resolve
+        from .stylize import stylize
+
+        images = [Image.frombytes("RGBA", (im["width"], im["height"]), bytes(data))
+                  for im, data in wire.split_images(h, payload)]
+        weights = [im.get("weight") for im in h["images"]]
+        params = resolve(h.get("preset"), h.get("overrides") or {})
+        device = h.get("device") or "auto"
+        if device == "auto":
+            device = self.args.device
+        progress = _Throttle(self.send, h.get("id"))
+        out = stylize(content=images[0], styles=list(zip(images[1:], weights[1:])),
+                      params=params, device=device, weights=self.args.weights,
+                      progress=progress, cancel=cancel)
+        progress.flush()
+        out = out.convert("RGBA")
+        if out.size != images[0].size:
+            raise RuntimeError(f"stylize returned {out.size} for content {images[0].size}")
+        return out
+
+
+def run(args: Any) -> int:
+    """The ``serve`` command (``args.weights``, ``args.device``)."""
+    inp, out = _claim_stdio()  # first: nothing may print to the protocol channel
+    _log(f"starting (python {sys.version.split()[0]}, {sys.executable})")
+    return _Server(args, inp, out).serve()
