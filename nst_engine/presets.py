@@ -139,8 +139,9 @@ def load_presets(user_dir: str | Path | None = None) -> PresetSet:
     user_files, problems = _read_folder(folder, USER)
     broken = {}
     for err in problems:  # findable by the file's stem and by its name, when it got that far
-        broken[err.path.stem] = err
-        broken[err.preset or err.path.stem] = err
+        if err.path.suffix.lower() in SUFFIXES:
+            broken[err.path.stem] = err
+            broken[err.preset or err.path.stem] = err
     users = _by_name(user_files, USER, broken=broken, problems=problems)
     # A broken user file hides the built-in of its name: using it must fail, not quietly fall
     # back to a preset the user meant to change.
@@ -215,7 +216,17 @@ def _read_folder(folder: Path, origin: str) -> tuple[list[_File], list[PresetErr
     bad: list[PresetError] = []
     if not folder.is_dir():
         return good, bad
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES):
+    try:  # hidden files are editors' locks and backups, not presets
+        paths = sorted(p for p in folder.iterdir()
+                       if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    except OSError as e:
+        if origin == BUILT_IN:
+            raise
+        err = PresetError(f"The preset folder {folder} cannot be listed ({e}).",
+                          "Check the folder's permissions.")
+        err.path, err.preset, err.key, err.line = folder, None, None, None
+        return good, [err]
+    for path in paths:
         try:
             good.append(_File(_read_file(path, origin), path))
         except PresetError as e:
@@ -248,7 +259,7 @@ def _read_file(path: Path, origin: str) -> Preset:
     finally:
         loader.dispose()
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        kind = "empty" if data is None else _type_name(data)
         raise fail(f"is {kind}, not a mapping of keys to values",
                    extra_hint="A preset file holds lines like `iterations: 300`.")
 

@@ -157,6 +157,7 @@ def test_extending_a_skipped_user_preset_is_reported(user_dir):
 def test_bad_user_file_does_not_hide_the_good_ones(user_dir):
     write(user_dir, "bad.yaml", "max_size: [1,\n")
     write(user_dir, "good.yaml", "iterations: 9\n")
+    write(user_dir, ".#good.yaml", "not: [a preset\n")  # an editor's lock file: ignored
     pset = presets.load_presets(user_dir)
     assert pset.presets["good"].values == {"iterations": 9}
     assert BUILT_INS <= set(pset.presets)
@@ -225,7 +226,7 @@ def test_not_yaml_gives_the_line(user_dir):
 
 @pytest.mark.parametrize("text, words", [("- a\n- b\n", "a list, not a mapping"),
                                         ("", "empty, not a mapping"),
-                                        ("just words\n", "a str, not a mapping")])
+                                        ("just words\n", "a text, not a mapping")])
 def test_file_that_is_not_a_mapping(user_dir, text, words):
     write(user_dir, "odd.yaml", text)
     err = only_problem(presets.load_presets(user_dir))
