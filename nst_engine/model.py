@@ -51,26 +51,29 @@ class VGGFeatures(nn.Module):
                  for name, param in [key.split(".")] if INDEX[name] <= last}
         body.load_state_dict(state, strict=True, assign=True)
         self.body = body
-        # (layer index, name) in forward order
-        self._capture = {INDEX[n]: n for n in layers}
-        self._last = last
+        self._capture = {INDEX[n]: n for n in layers}  # features index -> layer name
 
         pre = PREPROCESS[weights.kind]
         self.bgr = pre["bgr"]
         mean = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        # x_net = x01 * scale / std - mean / std, one fused multiply-add
-        self.register_buffer("in_scale", pre["scale"] / std)
-        self.register_buffer("in_shift", -mean / std)
+        # Written as (x * scale - mean) / std, the very arithmetic of torchvision's Normalize, so
+        # the features match the textbook pipeline bit for bit; it is three cheap ops.
+        self.in_scale = float(pre["scale"])
+        self.register_buffer("in_mean", mean)
+        self.register_buffer("in_std", std)
 
         self.eval()
         self.requires_grad_(False)
 
     def preprocess(self, rgb01: torch.Tensor) -> torch.Tensor:
         x = rgb01.flip(1) if self.bgr else rgb01
-        return torch.addcmul(self.in_shift.to(x.dtype), x, self.in_scale.to(x.dtype))
+        if self.in_scale != 1.0:
+            x = x * self.in_scale
+        return (x - self.in_mean.to(x.dtype)) / self.in_std.to(x.dtype)
 
     def forward(self, rgb01: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The requested layers' activations, in network order, for RGB in [0, 1]."""
         if rgb01.ndim != 4 or rgb01.shape[1] != 3:
             raise ValueError(f"expected an RGB batch [N, 3, H, W], got {tuple(rgb01.shape)}")
         x = self.preprocess(rgb01)
