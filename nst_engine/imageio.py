@@ -1,0 +1,127 @@
+"""Reading and writing image files for the command line. Pillow only, no torch.
+
+Read: any mode Pillow knows becomes RGB or RGBA (alpha kept), EXIF orientation applied, an
+embedded ICC profile converted to sRGB. Write: the format follows the extension; the file is
+written beside its destination and renamed into place, so a failure never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidInput
+
+#: Extension -> (Pillow format, save options).
+WRITE_FORMATS: dict[str, tuple[str, dict]] = {
+    ".png": ("PNG", {"compress_level": 6}),
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".tif": ("TIFF", {}),
+    ".tiff": ("TIFF", {}),
+}
+#: Background a JPEG's transparent pixels are flattened onto (JPEG has no alpha).
+JPEG_BACKGROUND = (255, 255, 255)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale to 8-bit "L" by scaling, not clipping (Pillow clips)."""
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        a = a * 255.0 if a.max(initial=0.0) <= 1.0 else a
+    else:
+        a = a / 257.0 if a.max(initial=0) > 255 else a
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """Apply the embedded ICC profile (if any), giving sRGB RGB(A)."""
+    icc = img.info.get("icc_profile")
+    if not icc:
+        return img
+    alpha = img.getchannel("A") if "A" in img.getbands() else None
+    base = img.convert("RGB") if img.mode in ("RGBA", "LA", "PA", "P") else img
+    if base.mode == "LA":
+        base = base.convert("L")
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        rgb = ImageCms.profileToProfile(base, src, ImageCms.createProfile("sRGB"),
+                                        outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        # A broken profile is common in the wild; the pixels are still usable as they are.
+        return img
+    if alpha is not None:
+        rgb.putalpha(alpha)
+    return rgb
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB or RGBA sRGB image from a file; ``InvalidInput`` naming the path otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"Image file not found: '{path}'.",
+                           "Check the path; it must be an existing PNG, JPEG or TIFF file.")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened) or opened
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                img = _to_8bit(img)
+            img = _to_srgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        raise InvalidInput(f"Cannot read image '{path}': {e}",
+                           "Use a PNG, JPEG or TIFF file that other programs can open.") from e
+    has_alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
+    return img.convert("RGBA" if has_alpha else "RGB")
+
+
+def output_format(path: str | os.PathLike) -> tuple[str, dict]:
+    """Pillow format and options for a file name; ``InvalidInput`` for other extensions."""
+    ext = Path(path).suffix.lower()
+    if ext not in WRITE_FORMATS:
+        raise InvalidInput(f"Cannot write '{path}': unsupported extension '{ext or '(none)'}'.",
+                           "Name the output .png, .jpg, .jpeg, .tif or .tiff.")
+    return WRITE_FORMATS[ext]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_image(img: Image.Image, path: str | os.PathLike) -> list[str]:
+    """Write ``img`` atomically in the format of the extension; returns notes for the user."""
+    path = Path(path)
+    fmt, options = output_format(path)
+    notes: list[str] = []
+    if fmt == "JPEG" and img.mode == "RGBA":
+        flat = Image.new("RGB", img.size, JPEG_BACKGROUND)
+        flat.paste(img, mask=img.getchannel("A"))
+        if img.getchannel("A").getextrema()[0] < 255:
+            notes.append(f"JPEG has no transparency: transparent areas of '{path.name}' were "
+                         "flattened onto white (use .png or .tif to keep them).")
+        img = flat
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInput(f"Cannot write '{path}': the folder '{folder}' does not exist.",
+                           "Create the folder first or choose another output path.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **options)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InvalidInput(f"Cannot write '{path}': {e}",
+                           "Check that the folder is writable and the disk is not full.") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return notes
