@@ -57,8 +57,6 @@ BRIDGE_PKG = "nst_bridge"
 MANIFEST_NAME = "install-manifest.json"
 MANIFEST_VERSION = 1
 STEPS = 5
-#: Seconds the plug-in waits for the engine's hello: the first torch import on a cold disk is slow.
-HELLO_TIMEOUT = 120
 FLATPAK_APP = "org.gimp.GIMP"
 #: What the engine imports, with the Debian package and the pip name that provide it.
 ENGINE_MODULES = (("torch", "python3-torch", "torch"),
@@ -774,12 +772,14 @@ def build_config(engine: Engine, weights: Path, device: str, flatpak: bool = Fal
     """What the plug-in reads (see bridge/config.py). A Flatpak GIMP gets the same engine
     started on the host through ``flatpak-spawn --host`` (which passes no environment, so
     PYTHONPATH goes on its command line; --watch-bus ends the engine with the plug-in)."""
+    from nst_engine.bridge.client import DEFAULT_HELLO_TIMEOUT  # slow first torch import
+
     serve = engine.argv("serve", "--weights", str(weights))
     presets = engine.argv("presets", "--json")
     cfg: dict[str, Any] = {"engine_command": serve, "presets_command": presets,
                            "weights": str(weights), "device": device,
                            "log_dir": str(nst_config.default_log_dir()),
-                           "hello_timeout": HELLO_TIMEOUT}
+                           "hello_timeout": int(DEFAULT_HELLO_TIMEOUT)}
     if flatpak:
         prefix = ["flatpak-spawn", "--host", "--watch-bus"]
         if engine.pythonpath:
@@ -896,6 +896,19 @@ The result arrives as a new layer above the photo.
 Check the installation at any time with `python install.py --check`; logs are in {logs}."""
 
 
+def reuse_earlier_choices(args: argparse.Namespace, manifest: Manifest) -> None:
+    """A plain re-run (after a `git pull`, say) keeps the engine route chosen before, so it
+    does not swap a working system PyTorch for a 2 GB download."""
+    earlier = manifest.data.get("engine") or {}
+    if args.python is None and args.torch_index_url is None:
+        if earlier.get("mode") == "python" and Path(earlier.get("python", "")).is_file():
+            args.python = earlier["python"]
+            _say(f"Using {args.python} as at the last install (--uninstall first to switch "
+                 "to a venv).")
+        elif earlier.get("mode") == "venv" and earlier.get("torch_index_url"):
+            args.torch_index_url = earlier["torch_index_url"]
+
+
 def install(args: argparse.Namespace) -> int:
     if args.gimp_dir:
         profiles = profiles_from_args(args.gimp_dir)
@@ -907,6 +920,7 @@ def install(args: argparse.Namespace) -> int:
     if any(p.flatpak for p in profiles):
         _say("Note: " + FLATPAK_WARNING)
     manifest = Manifest(nst_config.data_dir() / MANIFEST_NAME)
+    reuse_earlier_choices(args, manifest)
     log_dir = nst_config.default_log_dir()
     try:
         manifest.make_tree(log_dir)
@@ -940,8 +954,9 @@ def install(args: argparse.Namespace) -> int:
                     print(f"  What to do: {e.hint}", file=sys.stderr)
                 print(f"  Log: {log.path}", file=sys.stderr)
                 if n > 1:
-                    print(f"  Steps 1-{n - 1} are done and kept; run the installer again "
-                          "to continue.", file=sys.stderr)
+                    done = "Step 1 is" if n == 2 else f"Steps 1-{n - 1} are"
+                    print(f"  {done} done and kept; run the installer again to continue.",
+                          file=sys.stderr)
                 return 1
             except KeyboardInterrupt:
                 print(f"\n[{n}/{STEPS}] {title}: interrupted. Run the installer again to "
@@ -1137,8 +1152,10 @@ def uninstall(args: argparse.Namespace) -> int:
             raise _write_error(e) from None
         _say(f"  removed {p}")
     mpath.unlink(missing_ok=True)
-    for p in kept:
-        _say(f"  kept {p}: it now holds files the installer did not put there")
+    ours = (nst_config.config_dir(), nst_config.data_dir())
+    for p in kept:  # ~/.local and the like are kept silently: other programs use them too
+        if any(p == o or o in p.parents for o in ours):
+            _say(f"  kept {p}: it now holds files the installer did not put there")
     engine = manifest.data.get("engine") or {}
     if engine.get("mode") == "python":
         _say(f"  left alone: the interpreter you gave ({engine.get('python')})")

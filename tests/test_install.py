@@ -269,13 +269,17 @@ def test_read_only_plugins_folder_gets_a_clear_message(inst):
     assert list((target / "plug-ins").iterdir()) == []
 
 
-def test_gimp_dir_installs_into_the_given_profile(inst):
-    res = run_installer(inst.checkout, inst.env, *inst.args, "--gimp-dir", str(inst.custom))
+def test_gimp_dir_installs_into_the_given_profile_and_a_rerun_keeps_earlier_choices(inst):
+    # No --python, no --weights: the interpreter and weights of the last install are kept
+    # (a plain re-run must not start a venv download).
+    res = run_installer(inst.checkout, inst.env, "--gimp-dir", str(inst.custom))
     out = _out(res)
     assert res.returncode == 0, out
     assert f"GIMP profile at {inst.custom}: installed" in out
     _plugin_ok(inst.custom, inst.checkout)
     assert "GIMP 3.2 at" not in out  # --gimp-dir replaces the search
+    assert f"Using {sys.executable} as at the last install" in out and "is in place" in out
+    assert not (inst.data / "venv").exists()
 
 
 def test_uninstall_leaves_every_profile_as_it_was(inst):
@@ -357,8 +361,44 @@ def test_venv_route_creates_a_venv_and_reports_pip_failure_with_the_log(tmp_path
     assert res.returncode == 0 and not (tmp_path / "data").exists()
 
 
+def test_offline_without_weights_names_the_weights_option(tmp_path):
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    env = _env(tmp_path / "home", tmp_path / "data", tmp_path / "config")
+    # Offline for sure: every HTTPS request goes to a closed port; no torch.hub copy to reuse.
+    env = {k: v for k, v in env.items() if k.lower() not in ("no_proxy", "https_proxy")}
+    env.update(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+               TORCH_HOME=str(tmp_path / "torch-home"))
+    res = run_installer(ROOT, env, "--python", sys.executable, "--gimp-dir", str(profile))
+    out = _out(res)
+    assert res.returncode == 1, out
+    assert "[2/5] Weights FAILED: The VGG19 weights could not be downloaded" in out
+    assert "download.pytorch.org" in out              # the engine's message names the file
+    assert "python install.py --weights FILE" in out and "Steps 1-1 are done" not in out
+    assert "Step 1 is done and kept" in out
+    assert not list((tmp_path / "data" / "weights").glob("*.pth"))  # no partial download left
+    assert not (profile / "plug-ins").exists()
+
+
 # ------------------------------------------------------------------------------------------
 # pieces, in-process
+
+def test_link_makes_symlinks_and_a_later_copy_never_writes_through_them(tmp_path):
+    profile = install.Profile(tmp_path / "3.0", "3.0")
+    profile.path.mkdir()
+    m = install.Manifest(tmp_path / "manifest.json")
+    src_before = install.PLUGIN_SRC.read_bytes()
+    assert install.install_plugin(profile, m, link=True) == "installed (linked)"
+    script = profile.plugin_dir / f"{PLUGIN}.py"
+    assert script.is_symlink() and script.resolve() == install.PLUGIN_SRC
+    assert (profile.plugin_dir / "nst_bridge").resolve() == install.BRIDGE_SRC
+    assert install.install_plugin(profile, m, link=True) == "up to date (linked)"
+    assert install.install_plugin(profile, m, link=False) == "updated"
+    assert not script.is_symlink() and script.read_bytes() == src_before
+    assert not (profile.plugin_dir / "nst_bridge").is_symlink()
+    assert install.PLUGIN_SRC.read_bytes() == src_before and install.BRIDGE_SRC.is_dir()
+    assert m.created() == [{"path": str(profile.path / "plug-ins"), "kind": "dir"},
+                           {"path": str(profile.plugin_dir), "kind": "tree"}]
 
 def test_python_too_old_gets_a_sentence(tmp_path):
     path = str(ROOT / "install.py")
