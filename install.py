@@ -661,7 +661,7 @@ def step_weights(ctx: Ctx) -> None:
                     "default_weights_path as p; print(json.dumps(str(p())))", env=env)
     if not target:
         raise InstallError("The engine does not run: it could not even say where its weights go.",
-                           f"Run `python install.py --check` for details.")
+                           "Run `python install.py --check` for details.")
     cache = Path(target)
     source = str(Path(args.weights).expanduser().resolve()) if args.weights else "download"
     if args.weights and not Path(source).is_file():
@@ -1097,7 +1097,7 @@ def check(args: argparse.Namespace) -> int:
             fpath, _ = flatpak_paths(profile)
             try:
                 nst_config.load_config(fpath)
-                r.ok(f"Flatpak configuration", f"{fpath} (the engine starts through "
+                r.ok("Flatpak configuration", f"{fpath} (the engine starts through "
                      "flatpak-spawn --host; it needs `flatpak override --user "
                      f"--talk-name=org.freedesktop.Flatpak {FLATPAK_APP}`)")
             except nst_config.ConfigError as e:
