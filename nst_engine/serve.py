@@ -300,4 +300,12 @@ def run(args: Any) -> int:
     """The ``serve`` command (``args.weights``, ``args.device``)."""
     inp, out = _claim_stdio()  # first: nothing may print to the protocol channel
     _log(f"starting (python {sys.version.split()[0]}, {sys.executable})")
-    return _Server(args, inp, out).serve()
+    code = _Server(args, inp, out).serve()
+    _log(f"exiting with status {code}")
+    # Skip interpreter finalisation: with torch loaded and the reader thread blocked on stdin it
+    # was seen to hang for seconds, and the plug-in waits for this process to be gone. Nothing
+    # is left to save: frames and log lines are written unbuffered.
+    try:
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

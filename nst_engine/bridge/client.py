@@ -186,6 +186,8 @@ class EngineClient:
         self.env = env
         self.max_payload = max_payload
         self.hello: dict[str, Any] | None = None
+        #: The last result's notices (e.g. weights of unknown checksum), for the user to see.
+        self.last_notices: list[str] = []
         self._proc: subprocess.Popen | None = None
         self._log = None
         self._log_start = 0
@@ -284,7 +286,7 @@ class EngineClient:
             if not kill and proc.poll() is None:
                 try:
                     self._send({"type": Msg.SHUTDOWN})
-                except OSError:
+                except (OSError, ValueError):  # gone, or stdin already closed
                     pass
             try:
                 proc.stdin.close()
@@ -337,7 +339,7 @@ class EngineClient:
         try:
             try:
                 self._send(header, content.data, *(img.data for img, _ in styles))
-            except OSError:
+            except (OSError, ValueError):
                 raise self._died(Code.ENGINE_CRASHED, "while receiving a job") from None
             while True:
                 item = self._next(timeout=None)
@@ -355,6 +357,7 @@ class EngineClient:
                                            f"The engine returned a {h['width']}x{h['height']} "
                                            f"image for a {content.width}x{content.height} one.",
                                            "", self.log_path)
+                    self.last_notices = [str(n) for n in h.get("notices") or []]
                     return RGBAImage(h["width"], h["height"], bytes(item.payload))
                 elif item.type == Msg.ERROR:
                     raise self._failed_from(h)
@@ -369,7 +372,7 @@ class EngineClient:
             return
         try:
             self._send({"type": Msg.CANCEL, "id": rid})
-        except OSError:
+        except (OSError, ValueError):
             pass  # the engine is gone: stylize reports that
 
     # ------------------------------------------------------------------------ plumbing
@@ -414,24 +417,27 @@ class EngineClient:
                             str(h.get("hint") or ""), self.log_path)
 
     def _died(self, code: str, when: str) -> EngineFailed:
-        proc = self._proc
-        status = None
+        proc, status, stopped_by_us = self._proc, None, False
         if proc is not None:
             try:
                 status = proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 _kill(proc)
-                status = proc.wait()
-        how = "stopped"
-        if status is not None and status < 0:
+                status, stopped_by_us = proc.wait(), True
+        broken = self._read_error if self._read_error and self._read_error.fatal else None
+        if broken is not None:
+            how = f"sent output that is not a protocol message ({broken.message})"
+            hint = ("Something in the engine printed to its standard output, or the engine "
+                    "command does not run `-m nst_engine serve`. See the engine log.")
+        elif status is not None and status < 0 and not stopped_by_us:
             how = f"was killed by signal {-status}"
-        elif status is not None:
+            hint = "It may have run out of memory: try a smaller maximum size."
+        elif status is not None and not stopped_by_us:
             how = f"exited with status {status}"
-        if self._read_error is not None and self._read_error.fatal:
-            how += f" after a broken message ({self._read_error.message})"
-        hint = ("It may have run out of memory: try a smaller maximum size."
-                if status is not None and status < 0 else
-                "See the engine log; `python install.py --check` tests the engine.")
+            hint = "See the engine log; `python install.py --check` tests the engine."
+        else:
+            how = "closed its output"
+            hint = "See the engine log; `python install.py --check` tests the engine."
         err = EngineFailed(code, f"The style transfer engine {how} {when}." + self._tail_text(),
                            hint, self.log_path)
         self.close(kill=True)
