@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Filters > Style Transfer…: repaint a layer, or the selected part of it, in the style of
+another layer (VGG19 neural style transfer). One file for GIMP 3.0.x and 3.2.x.
+
+GIMP's Python has no torch: the optimisation runs in the engine process, reached through
+``nst_bridge`` (``nst_engine/bridge``, copied beside this file by install.py). This file reads
+and writes pixels, builds the dialog, and turns every failure into a message a user can act on.
+The result is always a new layer; the image is only touched once every result has arrived.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+
+# nst_bridge lives beside this file (install.py copies it there).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+PROC_NAME = "plug-in-nst-style-transfer"
+#: 8-bit non-linear RGBA: what the engine's wire format carries. GEGL converts from and to any
+#: layer type (grayscale, high bit depth) on the way.
+PIXEL_FORMAT = "R'G'B'A u8"
+#: The same names as ``nst_engine.cli.DEVICES`` (the engine is not importable from GIMP).
+DEVICES = (("auto", "Automatic (GPU when there is one)"), ("cpu", "CPU"),
+           ("cuda", "NVIDIA GPU (CUDA)"), ("mps", "Apple GPU (MPS)"))
+#: Seconds the preset list may take at registration (it runs the engine's torch-free
+#: ``presets --json``); past it the combo holds only the default preset.
+PRESET_LIST_TIMEOUT = 15.0
+#: Context margin around the region: edges of the region get a stylised neighbourhood, not a
+#: border. A fraction of the region's longest side, within these bounds (px).
+MARGIN_FRACTION = 0.1
+MARGIN_MIN, MARGIN_MAX = 16, 256
+#: Progress bar updates per second at most (each is a round trip to the GIMP core).
+PROGRESS_RATE = 8.0
+
+
+def _bridge():
+    """The bridge modules, imported on use so registration survives a broken install."""
+    from nst_bridge import client, config  # noqa: WPS433
+    return client, config
+
+
+def _default_preset():
+    try:
+        return _bridge()[1].DEFAULT_PRESET
+    except Exception:
+        # Only when nst_bridge is missing (a broken install); run() then says so.
+        return "balanced"
+
+
+# ---------------------------------------------------------------------------- registration
+
+def _preset_listing():
+    """The engine's ``presets --json`` answer, or None; never raises.
+
+    At registration the engine is asked and the answer remembered. A run reuses the remembered
+    list, so the choice a call is checked against at run time is the one GIMP registered, even
+    when the engine cannot be asked (then run() reports why), and no run pays for the listing.
+    """
+    cache = os.path.join(GLib.get_user_cache_dir(), "nst-style-transfer", "plugin-presets.json")
+    if "-run" in sys.argv:  # GIMP starts plug-ins with -query, -init or -run
+        try:
+            with open(cache, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+    try:
+        client, config = _bridge()
+        listing = client.list_presets(config.load_config(), timeout=PRESET_LIST_TIMEOUT)
+    except Exception:
+        return None
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        with open(cache + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(listing, f)
+        os.replace(cache + ".tmp", cache)
+    except OSError:
+        pass
+    return listing
+
+
+def _preset_choice():
+    """A Gimp.Choice of the presets the engine knows, and the default; never raises.
+
+    GIMP caches the registration in pluginrc until the plug-in file's mtime changes, so a new
+    user preset shows up after the plug-in is registered again (see docs/PLUGIN.md)."""
+    default = _default_preset()
+    entries = []
+    listing = _preset_listing()
+    try:
+        default = listing.get("default") or default
+        for p in listing["presets"]:
+            name = p.get("name")
+            if isinstance(name, str) and name and name not in (e[0] for e in entries):
+                entries.append((name, p.get("label") or name, p.get("description") or ""))
+    except Exception:
+        entries = []
+    if default not in (e[0] for e in entries):
+        entries.insert(0, (default, default, "the default preset"))
+    choice = Gimp.Choice.new()
+    for i, (name, label, desc) in enumerate(entries):
+        choice.add(name, i, str(label), str(desc))
+    return choice, default
+
+
+def _device_choice():
+    choice = Gimp.Choice.new()
+    for i, (nick, label) in enumerate(DEVICES):
+        choice.add(nick, i, label, "")
+    return choice
+
+
+class StyleTransfer(Gimp.PlugIn):
+    def do_set_i18n(self, name):
+        return False
+
+    def do_query_procedures(self):
+        return [PROC_NAME]
+
+    def do_create_procedure(self, name):
+        rw = GObject.ParamFlags.READWRITE
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        proc.set_image_types("RGB*, GRAY*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
+                                  | Gimp.ProcedureSensitivityMask.DRAWABLES)
+        proc.set_menu_label("Style _Transfer…")
+        proc.add_menu_path("<Image>/Filters")
+        proc.set_documentation(
+            "Repaint a layer in the style of another layer",
+            "Neural style transfer (VGG19, Gatys et al.): repaints the selected layer, or the "
+            "selected part of it, in the style of another layer. The result is a new layer "
+            "above the source, masked by the selection; nothing else changes. With several "
+            "layers selected, each gets its own result layer.",
+            name)
+        proc.set_attribution("Style Transfer for GIMP contributors",
+                             "Style Transfer for GIMP contributors", "2026")
+        presets, default = _preset_choice()
+        proc.add_layer_argument("style-layer", "_Style layer",
+                                "The layer whose look (brush strokes, texture, colours) is "
+                                "transferred", False, rw)
+        proc.add_choice_argument("preset", "_Preset",
+                                 "Speed/quality preset (built-in and user presets)",
+                                 presets, default, rw)
+        proc.add_double_argument("strength", "St_rength",
+                                 "How strongly the style shows (1 = the preset's balance)",
+                                 0.0, 10.0, 1.0, rw)
+        proc.add_int_argument("max-size", "_Max size (px, 0 = preset's)",
+                              "Longest side, in pixels, the optimisation runs at; the result "
+                              "is scaled to the layer. 0 = the preset's size", 0, 8192, 0, rw)
+        proc.add_int_argument("iterations", "_Iterations (0 = preset's)",
+                              "Optimiser steps; more is slower and smoother. 0 = the "
+                              "preset's number", 0, 20000, 0, rw)
+        proc.add_boolean_argument("preserve-colors", "_Keep original colours",
+                                  "Transfer brightness patterns only and keep the layer's "
+                                  "colours (off = the preset's setting)", False, rw)
+        proc.add_int_argument("seed", "See_d (-1 = random)",
+                              "Random seed, for repeatable results; -1 = a new one each run",
+                              -1, 2 ** 31 - 1, -1, rw)
+        proc.add_choice_argument("device", "_Device",
+                                 "Where the engine computes: auto = GPU when there is one",
+                                 _device_choice(), "auto", rw)
+        proc.add_layer_argument("style-layer-2", "Second st_yle layer (optional)",
+                                "A second style blended with the first; none = one style",
+                                True, rw)
+        proc.add_double_argument("style-mix", "Second style _mix",
+                                 "Share of the second style: 0 = first only, 1 = second only",
+                                 0.0, 1.0, 0.5, rw)
+        return proc
+
+
+# ---------------------------------------------------------------------------- run
+
+class UserError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+def run(procedure, run_mode, image, drawables, config, data):
+    """GIMP's entry point. Never raises: every failure becomes EXECUTION_ERROR with a message."""
+    log_dir = None
+    try:
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, image, drawables,
+                                                                config):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        try:
+            client_mod, config_mod = _bridge()
+        except Exception:
+            raise UserError("Style Transfer is not installed completely (the nst_bridge folder "
+                            "beside the plug-in is missing). Run `python install.py` from the "
+                            "Style Transfer folder.") from None
+        try:
+            cfg = config_mod.load_config()
+        except config_mod.ConfigError as e:
+            raise UserError(str(e)) from None
+        log_dir = cfg.get("log_dir") or str(config_mod.default_log_dir())
+        jobs = _plan(image, drawables, config)
+        results = _stylize_all(client_mod, cfg, jobs, config)
+        _apply(image, jobs, results)
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    except UserError as e:
+        return _failure(procedure, str(e))
+    except Exception as e:  # the engine's own errors are UserErrors by now; this is a bug
+        where = _log_traceback(log_dir)
+        return _failure(procedure, f"Style Transfer failed unexpectedly ({type(e).__name__}: "
+                                   f"{e}).{where} Please report it with that file.")
+    finally:
+        try:
+            Gimp.progress_end()
+        except Exception:
+            pass
+
+
+def _failure(procedure, message):
+    return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+
+def _log_traceback(log_dir):
+    try:
+        _, config_mod = _bridge()
+        folder = log_dir or str(config_mod.default_log_dir())
+    except Exception:
+        folder = log_dir or os.path.join(GLib.get_tmp_dir(), "nst-style-transfer")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "plugin-error.log")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{traceback.format_exc()}\n")
+        return f" Details: {path}."
+    except Exception:
+        return ""
+
+
+def _dialog(procedure, image, drawables, config):
+    # GIMP 3.2's own plug-ins import GimpUi only for interactive runs; 3.0 allows either.
+    # Importing it here keeps batch runs free of GTK on both.
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init(PROC_NAME)
+    _suggest_style_layer(image, drawables, config)
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Style Transfer")
+    dialog.fill(None)
+    ok = dialog.run()
+    dialog.destroy()
+    return ok
+
+
+def _suggest_style_layer(image, drawables, config):
+    """Pre-select the topmost other layer of this image when the remembered one is not in it."""
+    current = config.get_property("style-layer")
+    if current is not None and current.is_valid() and current.get_image() == image:
+        return
+    sources = {d.get_id() for d in drawables}
+    for layer in image.get_layers():
+        if layer.get_id() not in sources:
+            config.set_property("style-layer", layer)
+            return
+
+
+# ---------------------------------------------------------------------------- planning
+
+class Job:
+    """One source layer: the region it is stylised in and the pixels that go to the engine."""
+
+    def __init__(self, layer, region, crop):
+        self.layer = layer
+        self.region = region  # (x, y, w, h) in layer coordinates: the result layer's extent
+        self.crop = crop      # (x, y, w, h) in layer coordinates: region plus context margin
+        self.content = None
+        self.name = ""
+
+
+def _plan(image, drawables, config):
+    """Check the arguments and read every pixel the engine needs, before anything runs."""
+    if not drawables:
+        raise UserError("No layer is selected. Select the layer to repaint in the Layers "
+                        "dialog, then run Filters > Style Transfer again.")
+    for d in drawables:
+        if not isinstance(d, Gimp.Layer):
+            raise UserError(f"“{d.get_name()}” is a mask or channel. Style Transfer repaints "
+                            "layers: select a layer in the Layers dialog.")
+    style = config.get_property("style-layer")
+    if style is None or not style.is_valid():
+        raise UserError("Choose a style layer: the layer whose look should be transferred.")
+    jobs = []
+    for layer in drawables:
+        ok, x, y, w, h = layer.mask_intersect()
+        if not ok or w <= 0 or h <= 0:
+            raise UserError(f"The selection does not touch the layer “{layer.get_name()}”. "
+                            "Select part of that layer, or Select > None for the whole layer.")
+        crop = _widen((x, y, w, h), layer.get_width(), layer.get_height())
+        # A tiny region needs nothing special here: the engine optimises at no less than its
+        # minimum working size (upscaling) and returns the region's own size.
+        job = Job(layer, (x, y, w, h), crop)
+        job.name = _layer_name(config)
+        job.content = _read(layer, crop)
+        jobs.append(job)
+    return jobs
+
+
+def _widen(region, layer_w, layer_h):
+    x, y, w, h = region
+    m = int(min(MARGIN_MAX, max(MARGIN_MIN, MARGIN_FRACTION * max(w, h))))
+    x0, y0 = max(0, x - m), max(0, y - m)
+    x1, y1 = min(layer_w, x + w + m), min(layer_h, y + h + m)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _read(drawable, rect):
+    x, y, w, h = rect
+    buf = drawable.get_buffer()
+    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), 1.0, PIXEL_FORMAT,
+                         Gegl.AbyssPolicy.CLAMP))
+
+
+def _styles(client_mod, config):
+    """[(RGBAImage, weight)]: the style layer, and the second one weighted by style-mix."""
+    from nst_bridge.wire import RGBAImage
+
+    def pixels(layer):
+        w, h = layer.get_width(), layer.get_height()
+        return RGBAImage(w, h, _read(layer, (0, 0, w, h)))
+
+    first = config.get_property("style-layer")
+    second = config.get_property("style-layer-2")
+    mix = float(config.get_property("style-mix"))
+    if second is None or not second.is_valid():
+        return [(pixels(first), 1.0)]
+    styles = []
+    if mix < 1.0:
+        styles.append((pixels(first), 1.0 - mix))
+    if mix > 0.0:
+        styles.append((pixels(second), mix))
+    return styles
+
+
+def _overrides(config):
+    """Plug-in arguments as preset overrides (StyleParams field names); 0 / -1 / off keep the
+    preset's value."""
+    out = {"strength": float(config.get_property("strength"))}
+    if config.get_property("max-size") > 0:
+        out["max_size"] = int(config.get_property("max-size"))
+    if config.get_property("iterations") > 0:
+        out["iterations"] = int(config.get_property("iterations"))
+    if config.get_property("preserve-colors"):
+        out["preserve_colors"] = True
+    if config.get_property("seed") >= 0:
+        out["seed"] = int(config.get_property("seed"))
+    return out
+
+
+# ---------------------------------------------------------------------------- the engine
+
+class _ProgressBar:
+    """Feeds GIMP's progress bar from the engine's reports, at most PROGRESS_RATE a second."""
+
+    STAGES = {"loading": "Loading the model", "preparing": "Preparing",
+              "optimizing": "Stylizing", "done": "Finishing"}
+
+    def __init__(self, index, count):
+        self.prefix = f"Layer {index}/{count}: " if count > 1 else ""
+        self.index, self.count = index - 1, count
+        self.last = 0.0
+
+    def start(self, text):
+        Gimp.progress_set_text(self.prefix + text)
+        Gimp.progress_update(self.index / self.count)
+
+    def __call__(self, p):
+        """``p``: the engine's progress message (``bridge/wire.py``)."""
+        now = time.monotonic()
+        total = p.get("total") or 0
+        iteration = p.get("iteration") or 0
+        if now - self.last < 1.0 / PROGRESS_RATE and iteration < total:
+            return
+        self.last = now
+        text = self.STAGES.get(p.get("stage"), str(p.get("stage") or ""))
+        if total:
+            text += f" {iteration}/{total}"
+        eta = p.get("eta")
+        if eta is not None:
+            text += f", {_duration(eta)} left"
+        Gimp.progress_set_text(self.prefix + text)
+        frac = iteration / total if total else 0.0
+        Gimp.progress_update((self.index + min(1.0, frac)) / self.count)
+
+
+def _duration(seconds):
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _stylize_all(client_mod, cfg, jobs, config):
+    from nst_bridge.wire import RGBAImage
+
+    preset = config.get_property("preset")
+    device = config.get_property("device")
+    if device == "auto":  # the dialog's "auto" defers to the device the installer chose
+        device = cfg.get("device") or "auto"
+    styles = _styles(client_mod, config)
+    overrides = _overrides(config)
+    Gimp.progress_init("Style Transfer: starting the engine")
+    client = client_mod.EngineClient.from_config(cfg)
+    results = []
+    try:
+        client.start()
+        for i, job in enumerate(jobs, 1):
+            bar = _ProgressBar(i, len(jobs))
+            bar.start("Sending the image")
+            content = RGBAImage(job.crop[2], job.crop[3], job.content)
+            result = client.stylize(content, styles, preset=preset, overrides=overrides,
+                                    device=device, on_progress=bar)
+            results.append(_crop_back(job, result))
+    except client_mod.EngineFailed as e:
+        raise UserError(_engine_message(e)) from None
+    finally:
+        client.close()
+    Gimp.progress_update(1.0)
+    return results
+
+
+def _engine_message(e):
+    text = e.user_text()
+    log = getattr(e, "log_path", None)
+    if log and str(log) not in text:
+        text += f"\nDetails are in {log}."
+    return text
+
+
+def _crop_back(job, result):
+    """The region's pixels from the engine's result, with the source's alpha."""
+    cx, cy, cw, ch = job.crop
+    if (result.width, result.height) != (cw, ch):
+        raise UserError(f"The engine returned {result.width}×{result.height} px for a "
+                        f"{cw}×{ch} px region. Update Style Transfer (`python install.py`).")
+    rx, ry, rw, rh = job.region
+    dx, dy = rx - cx, ry - cy
+    out = bytearray(rw * rh * 4)
+    src, res = job.content, result.data
+    for row in range(rh):
+        a = ((dy + row) * cw + dx) * 4
+        out[row * rw * 4:(row + 1) * rw * 4] = res[a:a + rw * 4]
+        # The source's alpha, exactly: transparency is the source's, not the engine's.
+        out[row * rw * 4 + 3:(row + 1) * rw * 4:4] = src[a + 3:a + rw * 4:4]
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------- the result
+
+def _layer_name(config):
+    preset = config.get_property("preset")
+    names = [config.get_property("style-layer").get_name()]
+    second = config.get_property("style-layer-2")
+    mix = float(config.get_property("style-mix"))
+    if second is not None and second.is_valid():
+        names = [n for n, share in ((names[0], 1.0 - mix), (second.get_name(), mix)) if share > 0]
+    return f"Style Transfer: {preset} ({' + '.join(names)})"
+
+
+def _apply(image, jobs, results):
+    """Every result as a new layer above its source, in one undo step; all or nothing."""
+    masked = not Gimp.Selection.is_empty(image)
+    layer_type = (Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY
+                  else Gimp.ImageType.RGBA_IMAGE)
+    added = []
+    Gimp.context_push()
+    image.undo_group_start()
+    try:
+        for job, pixels in zip(jobs, results):
+            src = job.layer
+            x, y, w, h = job.region
+            _, ox, oy = src.get_offsets()
+            layer = Gimp.Layer.new(image, job.name, w, h, layer_type, 100.0,
+                                   Gimp.LayerMode.NORMAL)
+            image.insert_layer(layer, src.get_parent(), image.get_item_position(src))
+            added.append(layer)
+            layer.set_offsets(ox + x, oy + y)
+            buf = layer.get_buffer()
+            buf.set(Gegl.Rectangle.new(0, 0, w, h), PIXEL_FORMAT, pixels)
+            buf.flush()
+            if masked:
+                # Made from the selection as it lies over the new layer: feathering is kept.
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            layer.update(0, 0, w, h)
+    except Exception:
+        for layer in added:  # all or nothing: no half-finished result stays in the image
+            try:
+                image.remove_layer(layer)
+            except Exception:
+                pass
+        raise
+    finally:
+        image.undo_group_end()
+        Gimp.context_pop()
+    Gimp.displays_flush()
+
+
+if __name__ == "__main__":
+    Gimp.main(StyleTransfer.__gtype__, sys.argv)

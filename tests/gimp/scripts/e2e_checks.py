@@ -1,0 +1,409 @@
+# Runs inside GIMP (gimp-console ... --batch-interpreter python-fu-eval -b - < this file).
+# Every check records facts into one JSON file (NST_E2E_OUT); the pytest side asserts on them,
+# so one GIMP start (and few engine starts) covers many tests. `Gimp` is already imported.
+import json
+import os
+import subprocess
+import time
+import traceback
+
+import gi
+
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gio, GLib  # noqa: E402
+
+PROC = "plug-in-nst-style-transfer"
+FMT = "R'G'B'A u8"
+OUT = os.environ["NST_E2E_OUT"]
+ONLY = set(filter(None, os.environ.get("NST_E2E_CHECKS", "").split(",")))
+# Tiny and fast: the point is the plumbing, not the picture.
+FAST = {"preset": "quick", "iterations": 3, "max-size": 64, "seed": 7}
+results = {}
+
+
+def save():
+    with open(OUT + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(OUT + ".tmp", OUT)
+
+
+def check(fn):
+    name = fn.__name__
+    if ONLY and name not in ONLY:
+        return fn
+    t0 = time.monotonic()
+    try:
+        results[name] = fn()
+    except Exception:
+        results[name] = {"exception": traceback.format_exc()}
+    results[name + ".seconds"] = round(time.monotonic() - t0, 2)
+    save()
+    return fn
+
+
+def pixels(drawable, fmt=FMT, rect=None):
+    x, y, w, h = rect or (0, 0, drawable.get_width(), drawable.get_height())
+    return bytes(drawable.get_buffer().get(Gegl.Rectangle.new(x, y, w, h), 1.0, fmt,
+                                           Gegl.AbyssPolicy.NONE))
+
+
+def fill(layer, fn):
+    """Write fn(x, y) -> (r, g, b, a) into every pixel of the layer."""
+    w, h = layer.get_width(), layer.get_height()
+    data = bytearray()
+    for y in range(h):
+        for x in range(w):
+            data += bytes(fn(x, y))
+    buf = layer.get_buffer()
+    buf.set(Gegl.Rectangle.new(0, 0, w, h), FMT, bytes(data))
+    buf.flush()
+
+
+def new_layer(image, name, w, h, kind=None):
+    kind = kind if kind is not None else Gimp.ImageType.RGBA_IMAGE
+    return Gimp.Layer.new(image, name, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
+
+
+def photo(x, y):  # smooth content with an alpha hole in one corner
+    a = 0 if (x < 6 and y < 6) else 255
+    return ((x * 3) % 256, (y * 4) % 256, (x * y) % 256, a)
+
+
+def painting(x, y):  # stripes; its left columns fully transparent
+    a = 0 if x < 4 else 255
+    return ((255 if (x // 3) % 2 else 20), 40, (255 if (y // 4) % 2 else 60), a)
+
+
+def two_layer_image(base=None, in_group=True):
+    """photo (80x64, offsets 5,7, inside a group when in_group) and painting (40x36, offsets
+    30,20) on a 96x80 image. Returns (image, photo, painting)."""
+    base = base if base is not None else Gimp.ImageBaseType.RGB
+    image = Gimp.Image.new(96, 80, base)
+    kind = Gimp.ImageType.GRAYA_IMAGE if base == Gimp.ImageBaseType.GRAY else None
+    parent = None
+    if in_group:
+        parent = Gimp.GroupLayer.new(image, "group") if hasattr(Gimp, "GroupLayer") \
+            else Gimp.Layer.group_new(image)  # Gimp.GroupLayer: 3.0 and 3.2; fallback older
+        image.insert_layer(parent, None, 0)
+    src = new_layer(image, "photo", 80, 64, kind)
+    image.insert_layer(src, parent, 0)
+    src.set_offsets(5, 7)
+    fill(src, photo)
+    style = new_layer(image, "painting", 40, 36, kind)
+    image.insert_layer(style, None, 0)
+    style.set_offsets(30, 20)
+    fill(style, painting)
+    return image, src, style
+
+
+def stack(image):
+    """The layer tree as nested [name, offsets, size, children] lists."""
+    def item(layer):
+        _, x, y = layer.get_offsets()
+        children = [item(c) for c in layer.get_children()] if layer.is_group() else None
+        return [layer.get_name(), [x, y], [layer.get_width(), layer.get_height()], children]
+    return [item(layer) for layer in image.get_layers()]
+
+
+def run(image, drawables, style, run_mode=None, **args):
+    proc = Gimp.get_pdb().lookup_procedure(PROC)
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", run_mode if run_mode is not None
+                     else Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", drawables)
+    if style is not None:
+        cfg.set_property("style-layer", style)
+    for k, v in args.items():
+        cfg.set_property(k, v)
+    t0 = time.monotonic()
+    res = proc.run(cfg)
+    status = res.index(0)
+    message = res.index(1) if res.length() > 1 else None
+    return {"status": status.value_nick, "message": message,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def added_layer(image, src):
+    """The layer directly above src in src's parent, described."""
+    parent = src.get_parent()
+    siblings = parent.get_children() if parent is not None else image.get_layers()
+    pos = image.get_item_position(src)
+    if pos == 0:
+        return None
+    layer = siblings[pos - 1]
+    _, x, y = layer.get_offsets()
+    mask = layer.get_mask()
+    return {"layer": layer, "name": layer.get_name(), "offsets": [x, y],
+            "size": [layer.get_width(), layer.get_height()],
+            "parent": parent.get_name() if parent is not None else None,
+            "same_parent": (layer.get_parent().get_id() if layer.get_parent() else None)
+            == (parent.get_id() if parent else None),
+            "gray": layer.is_gray(), "has_alpha": layer.has_alpha(),
+            "mask": mask is not None}
+
+
+def describe_result(image, src, style, before_src, before_style, before_stack):
+    info = added_layer(image, src)
+    out = {"stack_before": before_stack, "stack_after": stack(image),
+           "source_unchanged": pixels(src) == before_src,
+           "style_unchanged": pixels(style) == before_style}
+    if info is None:
+        return out
+    layer = info.pop("layer")
+    out.update(info)
+    _, sx, sy = src.get_offsets()
+    lx, ly = info["offsets"]
+    # Compare the result with the source over the same image area.
+    rect = (lx - sx, ly - sy, *info["size"])
+    new, old = pixels(layer), pixels(src, rect=rect)
+    out["differs_rgb"] = sum(1 for i in range(0, len(new), 4) if new[i:i + 3] != old[i:i + 3]
+                             and old[i + 3] > 0) / max(1, len(new) // 4)
+    out["alpha_kept"] = new[3::4] == old[3::4]
+    if info["mask"]:
+        mask = pixels(layer.get_mask(), "Y u8")
+        sel = pixels(image.get_selection(), "Y u8", (lx, ly, *info["size"]))
+        out["mask_equals_selection"] = mask == sel
+        out["mask_levels"] = len(set(mask))
+        out["mask_partial"] = sum(1 for v in mask if 0 < v < 255)
+    return out
+
+
+def stylize_check(image, src, style, drawables=None, **args):
+    before = (pixels(src), pixels(style), stack(image))
+    r = run(image, drawables or [src], style, **{**FAST, **args})
+    r.update(describe_result(image, src, style, *before))
+    return r
+
+
+# ------------------------------------------------------------------------------ the checks
+
+@check
+def registration():
+    proc = Gimp.get_pdb().lookup_procedure(PROC)
+    if proc is None:
+        return {"registered": False}
+    args = proc.get_arguments()
+    presets = []
+    spec = next((a for a in args if a.name == "preset"), None)
+    try:
+        presets = [c for c in spec.get_choice().list_nicks()]  # Gimp.ParamSpecChoice
+    except Exception:
+        try:
+            presets = list(Gimp.param_spec_choice_get_choice(spec).list_nicks())
+        except Exception as e:
+            presets = [f"unreadable: {e}"]
+    return {"registered": True,
+            "arguments": [a.name for a in args],
+            "types": {a.name: a.value_type.name for a in args},
+            "menu_label": proc.get_menu_label(),
+            "menu_paths": list(proc.get_menu_paths()),
+            "image_types": proc.get_image_types(),
+            "sensitivity": int(proc.get_sensitivity_mask()),
+            "sensitivity_drawables": int(Gimp.ProcedureSensitivityMask.DRAWABLES),
+            "presets": presets,
+            "gimp_version": Gimp.version()}
+
+
+@check
+def whole_layer():
+    image, src, style = two_layer_image()
+    r = stylize_check(image, src, style)
+    image.delete()
+    return r
+
+
+@check
+def rect_selection():
+    image, src, style = two_layer_image()
+    # Image coordinates; part of it lies outside the photo layer (which starts at 5,7).
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 20, 40, 30)
+    r = stylize_check(image, src, style)
+    image.delete()
+    return r
+
+
+@check
+def feathered_ellipse():
+    image, src, style = two_layer_image()
+    Gimp.context_push()
+    Gimp.context_set_feather(True)
+    Gimp.context_set_feather_radius(8.0, 8.0)
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, 30, 25, 44, 32)
+    Gimp.context_pop()
+    r = stylize_check(image, src, style)
+    image.delete()
+    return r
+
+
+@check
+def tiny_selection():
+    image, src, style = two_layer_image(in_group=False)
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 40, 40, 3, 2)
+    r = stylize_check(image, src, style)
+    image.delete()
+    return r
+
+
+@check
+def grayscale():
+    image, src, style = two_layer_image(base=Gimp.ImageBaseType.GRAY)
+    r = stylize_check(image, src, style)
+    image.delete()
+    return r
+
+
+@check
+def two_layers_two_styles():
+    image, src, style = two_layer_image(in_group=False)
+    other = new_layer(image, "photo 2", 50, 40)
+    image.insert_layer(other, None, 2)  # bottom
+    fill(other, lambda x, y: (x * 5 % 256, 90, y * 6 % 256, 255))
+    style2 = new_layer(image, "painting 2", 30, 30)
+    image.insert_layer(style2, None, 0)
+    fill(style2, lambda x, y: (200, (x * y) % 256, 30, 255))
+    before = stack(image)
+    r = run(image, [src, other], style, **FAST, **{"style-layer-2": style2, "style-mix": 0.4})
+    a, b = added_layer(image, src), added_layer(image, other)
+    for info in (a, b):
+        if info:
+            info.pop("layer")
+    r.update({"stack_before": before, "stack_after": stack(image), "first": a, "second": b})
+    image.delete()
+    return r
+
+
+def config_path():
+    return os.path.join(os.environ["HOME"], ".config", "nst-style-transfer", "config.json")
+
+
+def with_engine_command(argv, fn):
+    """Run fn() with config.json's engine_command replaced by argv, then restore the file."""
+    path = config_path()
+    with open(path, encoding="utf-8") as f:
+        original = f.read()
+    cfg = json.loads(original)
+    cfg["engine_command"] = argv
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(cfg, f)
+        return fn()
+    finally:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(original)
+
+
+def failing_run():
+    image, src, style = two_layer_image()
+    before = (pixels(src), pixels(style), stack(image))
+    r = run(image, [src], style, **FAST)
+    r.update(describe_result(image, src, style, *before))
+    image.delete()
+    return r
+
+
+@check
+def engine_missing():
+    return with_engine_command(["/nonexistent/python3", "-m", "nst_engine", "serve"],
+                               failing_run)
+
+
+@check
+def engine_crashes():
+    return with_engine_command(["/usr/bin/python3", "-c",
+                                "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"],
+                               failing_run)
+
+
+@check
+def last_values_mode():
+    # GIMP keeps last values only from interactive runs, so in batch this mode runs the
+    # defaults (minutes on a CPU): with the engine made unstartable it still shows that the
+    # mode goes through argument handling and pixel reading to the engine, cleanly.
+    def go():
+        image, src, style = two_layer_image()
+        before = (pixels(src), pixels(style), stack(image))
+        r = run(image, [src], style, run_mode=Gimp.RunMode.WITH_LAST_VALS)
+        r.update(describe_result(image, src, style, *before))
+        image.delete()
+        return r
+    return with_engine_command(["/nonexistent/python3", "-m", "nst_engine", "serve"], go)
+
+
+@check
+def config_missing():
+    path = config_path()
+    os.replace(path, path + ".away")
+    try:
+        return failing_run()
+    finally:
+        os.replace(path + ".away", path)
+
+
+def engine_pids():
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"nst_engine" in cmd and b"serve" in cmd:
+                out.append(int(pid))
+    return out
+
+
+KILLER = r"""
+import os, signal, sys, time
+def find(pred):
+    for pid in os.listdir('/proc'):
+        if pid.isdigit():
+            try:
+                cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\0')
+            except OSError:
+                continue
+            if pred(cmd):
+                return int(pid)
+log, start = sys.argv[1], int(sys.argv[2])
+deadline = time.time() + 120
+while time.time() < deadline:  # until the engine has said hello: its job is then running
+    engine = find(lambda c: b'nst_engine' in c and b'serve' in c)
+    with open(log, 'rb') as f:
+        f.seek(start)
+        if engine and b'weights' in f.read():
+            break
+    time.sleep(0.1)
+else:
+    print('no engine at work'); sys.exit(1)
+time.sleep(1.0)
+plugin = find(lambda c: any(a.endswith(b'nst-style-transfer.py') for a in c))
+print('engine', engine, 'plugin', plugin, flush=True)
+os.kill(plugin, signal.SIGKILL)
+"""
+
+
+@check
+def killed_mid_run():
+    image, src, style = two_layer_image()
+    before = stack(image)
+    log = os.path.join(os.environ["HOME"], ".local", "share", "nst-style-transfer", "logs",
+                       "engine.log")
+    killer = subprocess.Popen(["/usr/bin/python3", "-c", KILLER, log,
+                               str(os.path.getsize(log) if os.path.exists(log) else 0)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    r = run(image, [src], style, **{**FAST, "iterations": 5000, "max-size": 96})
+    killer_out = killer.communicate(timeout=60)[0].decode()
+    t0 = time.monotonic()
+    left = engine_pids()
+    while left and time.monotonic() < t0 + 15:
+        time.sleep(0.2)
+        left = engine_pids()
+    r["engine_gone_after"] = round(time.monotonic() - t0, 2)
+    r.update({"killer": killer_out, "killer_rc": killer.returncode, "engines_left": left,
+              "stack_before": before, "stack_after": stack(image)})
+    image.delete()
+    return r
+
+
+save()
