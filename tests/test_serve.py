@@ -137,6 +137,21 @@ def test_two_style_blend(engine):
     assert (result.width, result.height) == (24, 20)
 
 
+def test_failing_progress_callback_cancels_the_job(engine):
+    def boom(p):
+        if p["stage"] == "optimizing":
+            raise RuntimeError("progress bar broke")
+
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        in_thread(lambda: engine.stylize(content_image(), [(style_image(), 1.0)],
+                                         overrides=ENDLESS, on_progress=boom))
+    # The endless job was cancelled, so the next one runs (and the old job's late replies
+    # are not mistaken for this one's).
+    result = in_thread(lambda: engine.stylize(content_image(), [(style_image(), 1.0)],
+                                              overrides=TINY))
+    assert result.width == 24
+
+
 def test_engine_errors_become_user_messages(engine):
     with pytest.raises(EngineFailed) as e:
         in_thread(lambda: engine.stylize(content_image(), [(style_image(), 1.0)],
@@ -271,7 +286,7 @@ def test_killed_plugin_takes_the_engine_down(random_weights_file, tmp_path):
 
 NOISY = textwrap.dedent("""
     # Libraries that print to stdout, from Python and at the file-descriptor level, while the
-    # engine imports torch and while it decodes a job's images.
+    # engine imports torch and while it decodes a job's images; and a bug.
     import ctypes, os, sys
     class Noisy:
         def find_spec(self, name, path=None, target=None):
@@ -291,12 +306,20 @@ NOISY = textwrap.dedent("""
             libc.fflush(None)
         return _frombytes(*a, **k)
     PIL.Image.frombytes = frombytes
+    # A bug inside the engine, triggered by seed 666 (presets is torch-free: safe to import here).
+    import nst_engine.presets
+    _resolve = nst_engine.presets.resolve
+    def resolve(name=None, overrides=None, **kw):
+        if (overrides or {}).get("seed") == 666:
+            raise ZeroDivisionError("injected bug")
+        return _resolve(name, overrides, **kw)
+    nst_engine.presets.resolve = resolve
     from nst_engine.cli import main
     raise SystemExit(main(sys.argv[1:]))
 """)
 
 
-def test_printing_libraries_do_not_corrupt_the_stream_and_crash_is_reported(
+def test_printing_libraries_bug_and_crash(
         random_weights_file, tmp_path):
     argv = [PY, "-c", NOISY, *serve_argv(random_weights_file)[3:]]
     client = make_client(argv, tmp_path)
@@ -311,6 +334,15 @@ def test_printing_libraries_do_not_corrupt_the_stream_and_crash_is_reported(
             assert "NOISE " + noise in log
         if sys.platform.startswith("linux"):
             assert "NOISE C puts during a job" in log
+
+        # An unexpected exception: an "internal" error naming it, the traceback in the log, and
+        # the engine goes on serving.
+        with pytest.raises(EngineFailed) as e:
+            in_thread(lambda: client.stylize(content_image(), [(style_image(), 1.0)],
+                                             overrides={**TINY, "seed": 666}))
+        assert e.value.code == Code.INTERNAL and "ZeroDivisionError: injected bug" in e.value.message
+        assert "Traceback" in log_text(tmp_path) and "injected bug" in log_text(tmp_path)
+        assert client._proc.poll() is None
 
         # The engine dies mid-job (here: killed, as the OOM killer would): reported as a
         # crash with the exit signal, the log path and the log's tail.

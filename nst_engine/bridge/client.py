@@ -361,6 +361,10 @@ class EngineClient:
                     return RGBAImage(h["width"], h["height"], bytes(item.payload))
                 elif item.type == Msg.ERROR:
                     raise self._failed_from(h)
+        except BaseException as e:
+            if not isinstance(e, EngineFailed):
+                self.cancel()  # on_progress raised, or Ctrl-C: don't leave the job running
+            raise
         finally:
             self._current_id = None
 

@@ -30,6 +30,7 @@ raises a non-fatal one, so the engine answers it and goes on serving.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -280,8 +281,6 @@ def read_frame(stream: BinaryIO, *, accept: frozenset[str],
 def decode_frame(data: bytes, *, accept: frozenset[str] = ENGINE_TYPES | CLIENT_TYPES,
                  max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
     """Exactly one frame from ``data``; anything else raises ProtocolError."""
-    import io
-
     stream = io.BytesIO(data)
     frame = read_frame(stream, accept=accept, max_payload=max_payload)
     if frame is None:
