@@ -49,14 +49,34 @@ cfg = proc.create_config()
 cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
 cfg.set_property("image", image)
 cfg.set_core_object_array("drawables", [photo])
-proc.run(cfg)
+res = proc.run(cfg)
+with open("result.txt", "w") as f:  # why the dialog closed, when it did
+    f.write(f"{res.index(0)} {res.index(1) if res.length() > 1 else ''}\n")
 PY
 gimp-3.0 -n -d -f --batch-interpreter python-fu-eval -b - < "$1/open-dialog.py" >/dev/null 2>&1 & gimp=$!
 sleep "${NST_SHOT_WAIT:-35}"
-# No window manager: the dialog may lie under the image window, so grab the dialog window
-# itself (Xvfb keeps its contents: +bs), and the whole screen as a fallback.
-xwd -root -display :99 | convert xwd:- "$1/screen.png"
-xwd -name "Style Transfer" -display :99 | convert xwd:- "$1/dialog.png" || cp "$1/screen.png" "$1/dialog.png"
+# No window manager here: raise the dialog above GIMP's window (plain Xlib through ctypes, as
+# the tree has no xdotool), then grab the screen.
+python3 - > "$1/windows.txt" <<'PY'
+import ctypes, ctypes.util
+x = ctypes.CDLL(ctypes.util.find_library("X11"))
+x.XOpenDisplay.restype = ctypes.c_void_p
+d = ctypes.c_void_p(x.XOpenDisplay(b":99"))
+root = x.XDefaultRootWindow(d)
+r, p, kids, n = ctypes.c_ulong(), ctypes.c_ulong(), ctypes.POINTER(ctypes.c_ulong)(), ctypes.c_uint()
+x.XQueryTree(d, ctypes.c_ulong(root), ctypes.byref(r), ctypes.byref(p), ctypes.byref(kids), ctypes.byref(n))
+for i in range(n.value):
+    name = ctypes.c_char_p()
+    if x.XFetchName(d, ctypes.c_ulong(kids[i]), ctypes.byref(name)) and name.value:
+        title = name.value.decode("utf-8", "replace")
+        print("window:", title)
+        if "Style Transfer" in title:
+            x.XRaiseWindow(d, ctypes.c_ulong(kids[i]))
+x.XSync(d, 0)
+PY
+cp "$1/windows.txt" /dev/null 2>&1 || true
+sleep 2
+xwd -root -display :99 | convert xwd:- "$1/dialog.png"
 kill "$gimp" "$xvfb" 2>/dev/null || true
 INNER
 
@@ -64,4 +84,5 @@ unshare --mount --pid --fork --propagation private sh -c '
   mount -t proc proc "$1/proc"; mount --rbind /dev "$1/dev"; mount -t tmpfs tmpfs "$1/dev/shm"
   exec chroot "$1" env -i PATH=/usr/bin:/bin LANG=C.UTF-8 sh "$2/shot.sh" "$2"' x "$root" "$work"
 cp "$root$work/dialog.png" "$out"
+cat "$root$work/windows.txt" "$root$work/result.txt" >&2 2>/dev/null || true
 echo "wrote $out"
