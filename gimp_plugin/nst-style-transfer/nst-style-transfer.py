@@ -142,9 +142,11 @@ class StyleTransfer(Gimp.PlugIn):
         proc.set_attribution("Style Transfer for GIMP contributors",
                              "Style Transfer for GIMP contributors", "2026")
         presets, default = _preset_choice()
+        # none_ok: with False, GIMP refuses an interactive call that has no style layer yet
+        # (a calling error before the dialog opens: checked on 3.0.4); run() asks for one.
         proc.add_layer_argument("style-layer", "_Style layer",
                                 "The layer whose look (brush strokes, texture, colours) is "
-                                "transferred", False, rw)
+                                "transferred", True, rw)
         proc.add_choice_argument("preset", "_Preset",
                                  "Speed/quality preset (built-in and user presets)",
                                  presets, default, rw)
