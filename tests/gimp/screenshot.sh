@@ -76,7 +76,7 @@ x.XSync(d, 0)
 PY
 cp "$1/windows.txt" /dev/null 2>&1 || true
 sleep 2
-xwd -root -display :99 | convert xwd:- "$1/dialog.png"
+xwd -root -display :99 | convert xwd:- -crop 490x500+0+0 +repage "$1/dialog.png"  # the dialog sits at 0,0
 kill "$gimp" "$xvfb" 2>/dev/null || true
 INNER
 
