@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .wire import (DEFAULT_MAX_PAYLOAD, ENGINE_TYPES, PROTOCOL_VERSION, Code, Frame, Msg,
+from .wire import (DEFAULT_MAX_PAYLOAD, ENGINE_TYPES, PROTOCOL_VERSION, Code, Msg,
                    ProtocolError, RGBAImage, Role, read_frame, write_frame)
 
 LOG_NAME = "engine.log"
