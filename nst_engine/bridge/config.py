@@ -74,6 +74,7 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
 
     Keys: ``version``; ``engine_command`` (argv list, started without a shell);
     ``engine_pythonpath`` (list of folders set as the engine's PYTHONPATH, or absent);
+    ``presets_command`` (argv that prints ``presets --json``, for the plug-in's preset list);
     ``weights`` (path or null); ``device`` (auto/cpu/cuda/mps); ``log_dir``;
     ``hello_timeout`` (seconds to wait for the engine's hello).
     """
