@@ -36,7 +36,7 @@ class StyleParams:
                            kind=int, lo=1, hi=20000)
     optimizer: str = _key("adam", "adam (iterate-averaged) or lbfgs", kind=str,
                           choices=("adam", "lbfgs"))
-    learning_rate: float = _key(0.02, "Adam step size, in units of the [0, 1] pixel range",
+    learning_rate: float = _key(0.05, "Adam step size, in units of the [0, 1] pixel range",
                                 kind=float, lo=1e-5, hi=1.0)
     average_decay: float = _key(0.9, "Adam iterate averaging: decay of the running mean of "
                                 "the image (0 = off)", kind=float, lo=0.0, hi=0.999)
@@ -45,10 +45,12 @@ class StyleParams:
     style_layers: Mapping[str, float] = _key(
         {"relu1_1": 1.0, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 1.0, "relu5_1": 1.0},
         "style layers and weights", kind=dict, layers=True)
-    content_weight: float = _key(1.0, "weight of the content loss", kind=float, lo=0.0, hi=1e9)
-    style_weight: float = _key(1e4, "weight of the style loss (times strength)", kind=float,
+    content_weight: float = _key(1.0, "weight of the content loss (losses are relative errors, "
+                                 "so no weight depends on image size or weights file)",
+                                 kind=float, lo=0.0, hi=1e9)
+    style_weight: float = _key(10.0, "weight of the style loss (times strength)", kind=float,
                                lo=0.0, hi=1e12)
-    tv_weight: float = _key(1e-3, "weight of the total-variation (smoothness) loss", kind=float,
+    tv_weight: float = _key(0.1, "weight of the total-variation (smoothness) loss", kind=float,
                             lo=0.0, hi=1e9)
     style_loss: str = _key("gram", "gram, mean_cov (mean + covariance) or sliced_wasserstein",
                            kind=str, choices=("gram", "mean_cov", "sliced_wasserstein"))
