@@ -29,6 +29,18 @@ WRITE_FORMATS: dict[str, tuple[str, dict]] = {
 JPEG_BACKGROUND = (255, 255, 255)
 
 
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """True when the image has an alpha channel or a transparent palette entry.
+
+    (Not ``"A" in getbands()``: LAB's second band is also called "A".)
+    """
+    return img.mode in ALPHA_MODES or (img.mode in ("P", "L", "RGB")
+                                       and "transparency" in img.info)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and float greyscale to 8-bit "L" by scaling, not clipping (Pillow clips)."""
     a = np.asarray(img, dtype=np.float64)
@@ -44,10 +56,8 @@ def _to_srgb(img: Image.Image) -> Image.Image:
     icc = img.info.get("icc_profile")
     if not icc:
         return img
-    alpha = img.getchannel("A") if "A" in img.getbands() else None
-    base = img.convert("RGB") if img.mode in ("RGBA", "LA", "PA", "P") else img
-    if base.mode == "LA":
-        base = base.convert("L")
+    alpha = img.convert("RGBA").getchannel("A") if has_alpha(img) else None
+    base = img.convert("RGB") if img.mode in (*ALPHA_MODES, "P") else img
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         rgb = ImageCms.profileToProfile(base, src, ImageCms.createProfile("sRGB"),
@@ -77,8 +87,7 @@ def read_image(path: str | os.PathLike) -> Image.Image:
             Image.DecompressionBombError) as e:
         raise InvalidInput(f"Cannot read image '{path}': {e}",
                            "Use a PNG, JPEG or TIFF file that other programs can open.") from e
-    has_alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
-    return img.convert("RGBA" if has_alpha else "RGB")
+    return img.convert("RGBA" if has_alpha(img) else "RGB")
 
 
 def output_format(path: str | os.PathLike) -> tuple[str, dict]:

@@ -27,6 +27,7 @@ from torch import Tensor
 from . import color
 from .devices import autocast_dtype, resolve_device
 from .errors import Cancelled, EngineError, InvalidInput, NumericalError, OutOfMemory
+from .imageio import has_alpha
 from .losses import ContentLoss, TVLoss, make_style_loss
 from .params import StyleParams
 from .progress import Progress
@@ -84,10 +85,10 @@ def _cancel_check(cancel: CancelFlag) -> Callable[[], None]:
 
 def _to_tensor(img: Image.Image) -> tuple[Tensor, Tensor | None]:
     """PIL image -> (RGB ``[1, 3, H, W]`` in [0, 1], alpha ``[1, 1, H, W]`` in [0, 1] or None)."""
-    has_alpha = "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info)
-    arr = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32) / 255.0
+    alpha = has_alpha(img)
+    arr = np.asarray(img.convert("RGBA" if alpha else "RGB"), dtype=np.float32) / 255.0
     t = torch.from_numpy(arr).permute(2, 0, 1)[None]
-    return t[:, :3].contiguous(), (t[:, 3:].contiguous() if has_alpha else None)
+    return t[:, :3].contiguous(), (t[:, 3:].contiguous() if alpha else None)
 
 
 def _fill_transparent(rgb: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -130,7 +131,7 @@ def _check_inputs(content: Image.Image, styles: Sequence[tuple[Image.Image, floa
     for i, (img, _) in enumerate(styles, 1):
         if img.width < 1 or img.height < 1:
             raise InvalidInput(f"Style image {i} is empty.", "Use an image with some pixels.")
-        if "A" in img.getbands() and img.getchannel("A").getextrema()[1] < 128:
+        if has_alpha(img) and img.convert("RGBA").getchannel("A").getextrema()[1] < 128:
             raise InvalidInput(f"Style image {i} is fully transparent, so it has no style.",
                                "Choose a style layer with visible pixels.")
 
@@ -265,8 +266,7 @@ def stylize(*, content: Image.Image,
     out = Image.fromarray(
         (result[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8), "RGB")
     if content_alpha is not None:
-        out.putalpha(content.getchannel("A") if "A" in content.getbands()
-                     else content.convert("RGBA").getchannel("A"))
+        out.putalpha(content.convert("RGBA").getchannel("A"))
     report("done", len(sizes), total_steps, eta=0.0)
     return out
 
