@@ -160,6 +160,10 @@ class _Objective:
     def features(self, img: Tensor) -> dict[str, Tensor]:
         if self.amp is None:
             return self.model(img)
+        # Reduced-precision convolutions run fastest channels-last (oneDNN/AMX, tensor cores):
+        # measured 0.53 vs 0.87 s per iteration at 512 px on an AMX CPU; in float32 the
+        # CPU is faster with the default layout, so it is used only here.
+        img = img.contiguous(memory_format=torch.channels_last)
         with torch.autocast(img.device.type, dtype=self.amp):
             return self.model(img)
 
