@@ -8,101 +8,16 @@ it is a failure: CI must run both GIMPs, not quietly neither.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import time
-import uuid
-from pathlib import Path
 
 import pytest
 
+from .session import GimpSession
 from .tree import SUITES, Tree
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
-GIMP_BATCH = ["-i", "-d", "-f", "--batch-interpreter", "python-fu-eval", "-b", "-", "--quit"]
 
 
 def _on_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _checkout_files() -> list[str]:
-    """Tracked and untracked-but-not-ignored files: the working tree as a user would copy it."""
-    try:
-        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                             check=True, capture_output=True).stdout.decode()
-        return [f for f in out.split("\0") if f and (REPO / f).is_file()]
-    except (OSError, subprocess.CalledProcessError):
-        return [str(p.relative_to(REPO)) for p in REPO.rglob("*")
-                if p.is_file() and ".git" not in p.parts and "__pycache__" not in p.parts]
-
-
-class GimpSession:
-    """One tree, one fresh HOME, the plug-in installed: runs GIMP batch scripts in it."""
-
-    def __init__(self, tree: Tree) -> None:
-        self.tree = tree
-        self.work = f"/tmp/nst-e2e-{uuid.uuid4().hex[:8]}"  # inside the tree
-        self.src = f"{self.work}/src"
-        self.home = f"{self.work}/home"
-        self.weights = f"{self.work}/vgg19-random.pth"
-        self.timings: dict[str, float] = {}
-        self.log: list[str] = []
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {"HOME": self.home, **extra}
-
-    def sh(self, argv: list[str], what: str, *, cwd: str = "/", stdin: bytes | None = None,
-           env: dict[str, str] | None = None, timeout: float = 600,
-           check: bool = True) -> subprocess.CompletedProcess:
-        t0 = time.monotonic()
-        done = self.tree.run(argv, env=env or self.env(), cwd=cwd, stdin=stdin, timeout=timeout)
-        self.timings[what] = round(time.monotonic() - t0, 1)
-        text = done.stdout.decode("utf-8", "replace")
-        self.log.append(f"### {what} (rc {done.returncode})\n{text[-6000:]}")
-        if check and done.returncode != 0:
-            raise AssertionError(f"{what} failed in {self.tree.suite} (rc {done.returncode}):\n"
-                                 f"{text[-4000:]}")
-        return done
-
-    def set_up(self) -> None:
-        dest = self.tree.host_path(self.src)
-        for rel in _checkout_files():
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, target)
-        self.tree.host_path(self.home).mkdir(parents=True)
-        # A real profile, made by GIMP itself, so the installer's profile search is exercised.
-        self.batch("print('profile:', Gimp.directory())", "first GIMP start (profile)")
-        self.sh(["python3", "-m", "nst_engine.testing", self.weights], "random weights",
-                cwd=self.src)
-        self.sh(["python3", "install.py", "--python", "/usr/bin/python3",
-                 "--weights", self.weights], "install.py", cwd=self.src)
-
-    def batch(self, script: str, what: str, *, env: dict[str, str] | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-        return self.sh([self.tree.console, *GIMP_BATCH], what, stdin=script.encode(),
-                       env=self.env(**(env or {})), timeout=timeout)
-
-    def run_checks(self, script_name: str, what: str, **env: str) -> dict:
-        """Run scripts/<script_name> in GIMP; it writes its findings as JSON."""
-        out = f"{self.work}/{what.replace(' ', '-')}.json"
-        script = (SCRIPTS / script_name).read_text(encoding="utf-8")
-        done = self.batch(script, what, env={"NST_E2E_OUT": out, **env}, timeout=900)
-        path = self.tree.host_path(out)
-        if not path.is_file():
-            raise AssertionError(f"{what}: GIMP wrote no results (rc {done.returncode}):\n"
-                                 + done.stdout.decode("utf-8", "replace")[-4000:])
-        return json.loads(path.read_text(encoding="utf-8"))
-
-    def file_text(self, inside: str) -> str:
-        return self.tree.host_path(inside).read_text(encoding="utf-8", errors="replace")
-
-    def tear_down(self) -> None:
-        shutil.rmtree(self.tree.host_path(self.work), ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=sorted(SUITES, reverse=True))  # trixie, forky
@@ -124,6 +39,12 @@ def gimp(request):
             session.tear_down()
         timing = ", ".join(f"{k} {v}s" for k, v in session.timings.items())
         print(f"\n[{tree.suite}] {timing}")
+
+
+@pytest.fixture(scope="session")
+def gui_undo(gimp):
+    """The findings of scripts/gui_undo.py: a run, then Ctrl+Z and Ctrl+Y in GIMP's GUI."""
+    return gimp.run_gui("gui_undo.py", "gui undo")
 
 
 @pytest.fixture(scope="session")
