@@ -144,16 +144,16 @@ class StyleTransfer(Gimp.PlugIn):
         presets, default = _preset_choice()
         # none_ok: with False, GIMP refuses an interactive call that has no style layer yet
         # (a calling error before the dialog opens: checked on 3.0.4); run() asks for one.
-        proc.add_layer_argument("style-layer", "_Style layer",
+        proc.add_layer_argument("style-layer", "S_tyle layer",
                                 "The layer whose look (brush strokes, texture, colours) is "
                                 "transferred", True, rw)
         proc.add_choice_argument("preset", "_Preset",
                                  "Speed/quality preset (built-in and user presets)",
                                  presets, default, rw)
-        proc.add_double_argument("strength", "St_rength",
+        proc.add_double_argument("strength", "Stre_ngth",
                                  "How strongly the style shows (1 = the preset's balance)",
                                  0.0, 10.0, 1.0, rw)
-        proc.add_int_argument("max-size", "_Max size (px, 0 = preset's)",
+        proc.add_int_argument("max-size", "Ma_x size (px, 0 = preset's)",
                               "Longest side, in pixels, the optimisation runs at; the result "
                               "is scaled to the layer. 0 = the preset's size", 0, 8192, 0, rw)
         proc.add_int_argument("iterations", "_Iterations (0 = preset's)",
@@ -162,7 +162,7 @@ class StyleTransfer(Gimp.PlugIn):
         proc.add_boolean_argument("preserve-colors", "_Keep original colours",
                                   "Transfer brightness patterns only and keep the layer's "
                                   "colours (off = the preset's setting)", False, rw)
-        proc.add_int_argument("seed", "See_d (-1 = random)",
+        proc.add_int_argument("seed", "S_eed (-1 = random)",
                               "Random seed, for repeatable results; -1 = a new one each run",
                               -1, 2 ** 31 - 1, -1, rw)
         proc.add_choice_argument("device", "_Device",
@@ -248,9 +248,42 @@ def _dialog(procedure, image, drawables, config):
     _suggest_style_layer(image, drawables, config)
     dialog = GimpUi.ProcedureDialog.new(procedure, config, "Style Transfer")
     dialog.fill(None)
+    for name in ("style-layer", "style-layer-2"):
+        _show_thumbnail_once_sized(dialog, name)
     ok = dialog.run()
     dialog.destroy()
     return ok
+
+
+def _show_thumbnail_once_sized(dialog, name):
+    """Make a layer chooser show the layer it holds when the dialog opens.
+
+    The chooser draws its thumbnail when its value is set, at the size it has at that moment:
+    before the dialog is shown that is no size, so a pre-selected or remembered layer looks like
+    no layer at all (an empty square and "Browse…"; GIMP 3.0.4 and 3.2.6). Setting the same
+    value again once the chooser has its size draws it. Cosmetic: never fails the dialog."""
+    try:
+        chooser = dialog.get_widget(name, GObject.TYPE_NONE)
+        # GimpDrawableChooser (3.0); 3.2 may hand out its successor GimpItemChooser.
+        get, put = ((chooser.get_drawable, chooser.set_drawable)
+                    if hasattr(chooser, "set_drawable") else (chooser.get_item, chooser.set_item))
+    except Exception:
+        return
+    sizes = set()
+
+    def on_allocated(widget, allocation):
+        size = (allocation.width, allocation.height)
+        if size in sizes:  # once per size: redrawing must not loop
+            return
+        sizes.add(size)
+        try:
+            value = get()
+            if value is not None:
+                put(value)
+        except Exception:
+            pass
+
+    chooser.connect_after("size-allocate", on_allocated)
 
 
 def _suggest_style_layer(image, drawables, config):
