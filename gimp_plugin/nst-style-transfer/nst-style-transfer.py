@@ -202,8 +202,12 @@ def run(procedure, run_mode, image, drawables, config, data):
             raise UserError(str(e)) from None
         log_dir = cfg.get("log_dir") or str(config_mod.default_log_dir())
         jobs = _plan(image, drawables, config)
-        results = _stylize_all(client_mod, cfg, jobs, config)
+        results, notices = _stylize_all(client_mod, cfg, jobs, config)
         _apply(image, jobs, results)
+        # E.g. weights that are not the verified VGG19: the user must know the result is not
+        # what real style transfer looks like, so say it where GIMP shows messages.
+        for notice in notices:
+            Gimp.message(f"Style Transfer: {notice}")
         return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
     except UserError as e:
         return _failure(procedure, str(e))
@@ -452,12 +456,13 @@ def _stylize_all(client_mod, cfg, jobs, config):
             result = client.stylize(content, styles, preset=preset, overrides=overrides,
                                     device=device, on_progress=bar)
             results.append(_crop_back(job, result))
+        notices = list(dict.fromkeys(client.last_notices))
     except client_mod.EngineFailed as e:
         raise UserError(_engine_message(e)) from None
     finally:
         client.close()
     Gimp.progress_update(1.0)
-    return results
+    return results, notices
 
 
 def _engine_message(e):
