@@ -86,7 +86,9 @@ class GimpSession:
         if not path.is_file():
             raise AssertionError(f"{what}: GIMP wrote no results (rc {done.returncode}):\n"
                                  + done.stdout.decode("utf-8", "replace")[-4000:])
-        return json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(path.read_text(encoding="utf-8"))
+        found["gimp_output"] = done.stdout.decode("utf-8", "replace")
+        return found
 
     def run_gui(self, script_name: str, what: str, timeout: float = 240) -> dict:
         """Run scripts/<script_name> in GIMP's GUI under a private Xvfb (scripts/gui_run.py);

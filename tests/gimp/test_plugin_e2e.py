@@ -57,6 +57,12 @@ def test_whole_layer_gets_one_new_layer_above_the_source(checks):
     assert r["source_unchanged"] and r["style_unchanged"]
 
 
+def test_unverified_weights_are_announced(checks):
+    # The suite runs on random weights: the plug-in must say the result is not real VGG19's.
+    assert "Style Transfer: unknown checksum" in checks["gimp_output"]
+    assert "not those of the real VGG19" in checks["gimp_output"]
+
+
 @pytest.mark.parametrize("name", ["rect_selection", "feathered_ellipse"])
 def test_selection_becomes_the_layer_mask(checks, name):
     r = get(checks, name)
