@@ -364,7 +364,12 @@ def _styles(client_mod, config):
 
     def pixels(layer):
         w, h = layer.get_width(), layer.get_height()
-        return RGBAImage(w, h, _read(layer, (0, 0, w, h)))
+        data = _read(layer, (0, 0, w, h))
+        # Checked here, before the engine starts, so the message can name the layer.
+        if not any(data[3::4]):
+            raise UserError(f"The style layer “{layer.get_name()}” is fully transparent, so "
+                            "it has no style to transfer. Choose a layer with visible pixels.")
+        return RGBAImage(w, h, data)
 
     first = config.get_property("style-layer")
     second = config.get_property("style-layer-2")

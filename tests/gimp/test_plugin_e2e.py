@@ -103,6 +103,43 @@ def test_several_layers_each_get_a_result_and_two_styles_mix(checks):
     assert len(r["stack_after"]) == len(r["stack_before"]) + 2
 
 
+def test_style_from_another_image_works(checks):
+    r = get(checks, "style_from_another_image")
+    assert_success(r)
+    assert r["name"] == "Style Transfer: quick (other painting)"
+    assert r["size"] == [80, 64] and r["differs_rgb"] > 0.5
+    assert r["source_unchanged"] and r["style_unchanged"]
+
+
+def test_high_bit_depth_image_stays_high_bit_depth(checks):
+    r = get(checks, "high_bit_depth")
+    assert_success(r)
+    assert r["precision_after"] == "u16-linear"
+    assert r["name"] == NAME and r["size"] == [80, 64]
+    assert r["source_unchanged"] and r["style_unchanged"] and r["alpha_kept"]
+
+
+def test_layer_partly_off_canvas_keeps_its_offsets(checks):
+    r = get(checks, "partly_off_canvas")
+    assert_success(r)
+    assert r["offsets"] == [-20, -10] and r["size"] == [80, 64]
+    assert r["source_unchanged"] and r["style_unchanged"]
+
+
+@pytest.mark.parametrize("name,words", [
+    ("transparent_style", "“painting” is fully transparent"),
+    ("channel_as_drawable", "mask or channel"),
+    ("absent_device", "'cuda' was asked for but is not available"),
+])
+def test_unusable_input_is_refused_and_nothing_changes(checks, name, words):
+    r = get(checks, name)
+    assert r["status"] == "execution-error", r
+    assert words in r["message"], r["message"]
+    assert "Traceback" not in r["message"]
+    assert r["stack_after"] == r["stack_before"]
+    assert r["source_unchanged"] and r["style_unchanged"]
+
+
 @pytest.mark.parametrize("name,words", [
     ("engine_missing", "could not be started"),
     ("engine_crashes", "exited with status 3"),

@@ -273,6 +273,73 @@ def two_layers_two_styles():
     return r
 
 
+@check
+def style_from_another_image():
+    image, src, _ = two_layer_image(in_group=False)
+    other = Gimp.Image.new(50, 40, Gimp.ImageBaseType.RGB)
+    style = new_layer(other, "other painting", 50, 40)
+    other.insert_layer(style, None, 0)
+    fill(style, lambda x, y: (250 if (x // 4) % 2 else 10, (y * 9) % 256, 90, 255))
+    r = stylize_check(image, src, style)
+    image.delete()
+    other.delete()
+    return r
+
+
+@check
+def high_bit_depth():
+    image, src, style = two_layer_image(in_group=False)
+    image.convert_precision(Gimp.Precision.U16_LINEAR)
+    r = stylize_check(image, src, style)
+    r["precision_after"] = image.get_precision().value_nick
+    image.delete()
+    return r
+
+
+@check
+def partly_off_canvas():
+    # A layer hanging over the top-left corner: the whole layer is stylised, offsets kept.
+    image, src, style = two_layer_image(in_group=False)
+    src.set_offsets(-20, -10)
+    r = stylize_check(image, src, style)
+    image.delete()
+    return r
+
+
+@check
+def transparent_style():
+    image, src, style = two_layer_image(in_group=False)
+    fill(style, lambda x, y: (255, 0, 0, 0))
+    before = (pixels(src), pixels(style), stack(image))
+    r = run(image, [src], style, **FAST)
+    r.update(describe_result(image, src, style, *before))
+    image.delete()
+    return r
+
+
+@check
+def absent_device():
+    # The trees have no GPU: asking for CUDA must be a readable refusal, not a traceback.
+    image, src, style = two_layer_image(in_group=False)
+    before = (pixels(src), pixels(style), stack(image))
+    r = run(image, [src], style, **FAST, device="cuda")
+    r.update(describe_result(image, src, style, *before))
+    image.delete()
+    return r
+
+
+@check
+def channel_as_drawable():
+    image, src, style = two_layer_image(in_group=False)
+    channel = Gimp.Channel.new(image, "a channel", 96, 80, 50.0, Gegl.Color.new("black"))
+    image.insert_channel(channel, None, 0)
+    before = (pixels(src), pixels(style), stack(image))
+    r = run(image, [channel], style, **FAST)
+    r.update(describe_result(image, src, style, *before))
+    image.delete()
+    return r
+
+
 def config_path():
     return os.path.join(os.environ["HOME"], ".config", "nst-style-transfer", "config.json")
 
