@@ -126,6 +126,20 @@ def test_layer_partly_off_canvas_keeps_its_offsets(checks):
     assert r["source_unchanged"] and r["style_unchanged"]
 
 
+def test_layer_groups_work_as_source_and_as_style(checks):
+    r = get(checks, "group_layers")
+    assert_success(r["as_source"])
+    assert_success(r["as_style"])
+    # [painting, group] -> [painting, result of group, group] -> [result of painting, ...]
+    first = r["after_source"]
+    assert [x[0] for x in first] == ["painting", NAME, "group"], first
+    assert first[1][1:3] == [[5, 7], [80, 64]], "the group's result is not aligned with it"
+    assert first[2] == r["stack_before"][1], "the group changed"
+    after = r["stack_after"]
+    assert [x[0] for x in after] == ["Style Transfer: quick (group)", "painting", NAME, "group"]
+    assert after[0][1:3] == [[30, 20], [40, 36]]
+
+
 @pytest.mark.parametrize("name,words", [
     ("transparent_style", "“painting” is fully transparent"),
     ("channel_as_drawable", "mask or channel"),

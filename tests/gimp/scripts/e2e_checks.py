@@ -307,6 +307,21 @@ def partly_off_canvas():
 
 
 @check
+def group_layers():
+    # A layer group as the source (its composite is repainted, the result lands above the
+    # group) and as the style (its composite is the style).
+    image, src, style = two_layer_image(in_group=True)
+    group = src.get_parent()
+    before = stack(image)
+    r = {"as_source": run(image, [group], style, **FAST)}
+    r["after_source"] = stack(image)
+    r["as_style"] = run(image, [style], group, **FAST)
+    r.update({"stack_before": before, "stack_after": stack(image)})
+    image.delete()
+    return r
+
+
+@check
 def transparent_style():
     image, src, style = two_layer_image(in_group=False)
     fill(style, lambda x, y: (255, 0, 0, 0))
