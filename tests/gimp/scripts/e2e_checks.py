@@ -325,9 +325,7 @@ def group_layers():
 def transparent_style():
     image, src, style = two_layer_image(in_group=False)
     fill(style, lambda x, y: (255, 0, 0, 0))
-    before = (pixels(src), pixels(style), stack(image))
-    r = run(image, [src], style, **FAST)
-    r.update(describe_result(image, src, style, *before))
+    r = stylize_check(image, src, style)
     image.delete()
     return r
 
@@ -336,9 +334,7 @@ def transparent_style():
 def absent_device():
     # The trees have no GPU: asking for CUDA must be a readable refusal, not a traceback.
     image, src, style = two_layer_image(in_group=False)
-    before = (pixels(src), pixels(style), stack(image))
-    r = run(image, [src], style, **FAST, device="cuda")
-    r.update(describe_result(image, src, style, *before))
+    r = stylize_check(image, src, style, device="cuda")
     image.delete()
     return r
 
@@ -348,9 +344,7 @@ def channel_as_drawable():
     image, src, style = two_layer_image(in_group=False)
     channel = Gimp.Channel.new(image, "a channel", 96, 80, 50.0, Gegl.Color.new("black"))
     image.insert_channel(channel, None, 0)
-    before = (pixels(src), pixels(style), stack(image))
-    r = run(image, [channel], style, **FAST)
-    r.update(describe_result(image, src, style, *before))
+    r = stylize_check(image, src, style, drawables=[channel])
     image.delete()
     return r
 
@@ -377,9 +371,7 @@ def with_engine_command(argv, fn):
 
 def failing_run():
     image, src, style = two_layer_image()
-    before = (pixels(src), pixels(style), stack(image))
-    r = run(image, [src], style, **FAST)
-    r.update(describe_result(image, src, style, *before))
+    r = stylize_check(image, src, style)
     image.delete()
     return r
 
