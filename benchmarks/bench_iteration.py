@@ -137,7 +137,7 @@ def worker_plain(size: int, iterations: int, weights: str, device_name: str) -> 
         f = f.view(b * c, h * w)
         return f @ f.t() / (b * c * h * w)
 
-    from nst_engine.stylize import _to_tensor
+    from nst_engine.transfer import _to_tensor
     content_img, style_img = _images(size)
     content = _to_tensor(content_img)[0].to(device)
     style = _to_tensor(style_img)[0].to(device)
@@ -172,7 +172,7 @@ def worker_engine(size: int, iterations: int, weights: str, device_name: str, *,
     import torch
 
     from nst_engine import StyleParams
-    from nst_engine import stylize as stylize_module
+    from nst_engine import transfer as stylize_module
     from nst_engine.devices import resolve_device
 
     device = resolve_device(device_name)

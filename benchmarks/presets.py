@@ -56,7 +56,7 @@ def test_images(seed: int = 0) -> tuple[Image.Image, Image.Image]:
 
 def time_preset(params: StyleParams, content, style, weights: Path) -> dict:
     """Wall time of one stylize() on the CPU, and seconds per step on each level."""
-    from nst_engine.stylize import stylize
+    from nst_engine.transfer import stylize
 
     ticks: list[tuple[float, int, int]] = []  # (time, level, steps done)
 

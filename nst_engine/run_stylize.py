@@ -77,7 +77,7 @@ def run(args: Any) -> int:
     styles = [(read_image(path), w) for path, w in zip(args.style, blend)]
 
     from .devices import resolve_device
-    from .stylize import model_for, stylize
+    from .transfer import model_for, stylize
 
     device = resolve_device(args.device)
     _, info = model_for(args.weights, args.weights_kind, params, device)

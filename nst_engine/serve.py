@@ -164,7 +164,7 @@ class _Server:
         from .errors import DeviceUnavailable, EngineError, WeightsMissing
         from .devices import resolve_device
         from .params import StyleParams
-        from .stylize import model_for
+        from .transfer import model_for
 
         notices: list[str] = []
         try:
@@ -276,7 +276,7 @@ class _Server:
         from PIL import Image
 
         from .presets import resolve
-        from .stylize import stylize
+        from .transfer import stylize
 
         images = [Image.frombytes("RGBA", (im["width"], im["height"]), bytes(data))
                   for im, data in wire.split_images(h, payload)]

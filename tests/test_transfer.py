@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from nst_engine import StyleParams, color
-from nst_engine import stylize as stylize_module
+from nst_engine import transfer as stylize_module
 from nst_engine.errors import Cancelled, DeviceUnavailable, NumericalError
 from nst_engine.losses import TVLoss
-from nst_engine.stylize import stylize
+from nst_engine.transfer import stylize
 
 
 def _content(w: int = 96, h: int = 64, alpha: bool = False) -> Image.Image:

@@ -1,5 +1,8 @@
 """``stylize()``: the one entry point of the engine, used by the CLI and the ``serve`` mode.
 
+The module is not named ``stylize`` so that ``from nst_engine import stylize`` is always the
+function: a submodule of that name would replace the package attribute once imported.
+
 Gatys et al. style transfer by optimising the pixels of the result, coarse to fine: each
 pyramid level starts from the previous level's result upsampled, so most iterations run on
 small images and the finest level only refines. Adam with iterate averaging (the output is an
