@@ -1,6 +1,10 @@
 """VGG19 feature extractor: torchvision's ``vgg19().features``, cut after the deepest layer used.
 
-Built on the meta device and filled with the cached conv weights (``load_state_dict(assign=
+The layer stack is defined here with torchvision's layer indices and state-dict keys rather than
+taken from torchvision: importing torchvision costs 1.5-6 s on a 2-core CPU and 4.6 s on a GPU
+machine (it pulls in ``torch._dynamo`` through ``torchvision.ops``), which was half of the
+engine's start. ``tests/test_model.py`` compares this stack with torchvision's, key by key and
+activation by activation. Built on the meta device and filled with the cached conv weights (``load_state_dict(assign=
 True)``), so no random initialisation is computed and no classifier is ever allocated.
 Preprocessing for the weights' kind (see ``weights.PREPROCESS``) happens inside, with buffers,
 so ``.to(device)`` moves everything.
@@ -11,13 +15,53 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torchvision
 from torch import nn
 
 from .vgg_layers import INDEX, LAYERS
 from .weights import PREPROCESS, VGGWeights
 
 POOLINGS = ("max", "avg")
+
+#: VGG19's ``features`` (configuration "E" of Simonyan & Zisserman): output channels of each 3x3
+#: convolution (each followed by a ReLU), "M" for a 2x2 max pooling.
+VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+                512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+#: torchvision's classifier: (state-dict index, in features, out features). The engine never
+#: builds it; weight files may carry it, and their shapes are checked.
+VGG19_CLASSIFIER = ((0, 512 * 7 * 7, 4096), (3, 4096, 4096), (6, 4096, 1000))
+
+
+def vgg19_features() -> nn.Sequential:
+    """``torchvision.models.vgg19().features``: the same modules at the same indices, so the
+    same state-dict keys (``N.weight``, ``N.bias``). Build it under ``torch.device("meta")`` to
+    skip the random initialisation."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for v in VGG19_CONFIG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = v
+    return nn.Sequential(*layers)
+
+
+def vgg19_state_shapes() -> dict[str, tuple[int, ...]]:
+    """Every key and shape of torchvision's ``vgg19()`` state dict (features and classifier),
+    in its order, without building anything."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    index, channels = 0, 3
+    for v in VGG19_CONFIG:
+        if v == "M":
+            index += 1
+            continue
+        shapes[f"features.{index}.weight"] = (v, channels, 3, 3)
+        shapes[f"features.{index}.bias"] = (v,)
+        index, channels = index + 2, v
+    for i, n_in, n_out in VGG19_CLASSIFIER:
+        shapes[f"classifier.{i}.weight"] = (n_out, n_in)
+        shapes[f"classifier.{i}.bias"] = (n_out,)
+    return shapes
 
 
 class VGGFeatures(nn.Module):
@@ -37,7 +81,7 @@ class VGGFeatures(nn.Module):
         last = max(wanted)
 
         with torch.device("meta"):
-            full = torchvision.models.vgg19(weights=None).features
+            full = vgg19_features()
         body = full[: last + 1]
         for i, module in enumerate(body):
             if isinstance(module, nn.MaxPool2d) and pooling == "avg":

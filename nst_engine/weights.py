@@ -60,6 +60,9 @@ CACHE_FORMAT = "nst-vgg19-convs/1"
 
 #: neural-style-pt's conversion of the Caffe VGG19 (torchvision key layout, Caffe preprocessing).
 CAFFE_URL = "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth"
+#: torchvision's ``VGG19_Weights.IMAGENET1K_V1.url``, written out so that loading weights does not
+#: import torchvision (seconds); tests/test_weights.py checks it against torchvision's.
+TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 
 _CONV_KEY = re.compile(r"^conv[1-5]_[1-4]\.(weight|bias)$")
 _OFFLINE_HINT = ("Offline: copy a VGG19 weights file to this machine and run "
@@ -91,11 +94,9 @@ class KnownFile:
 
 @functools.lru_cache(maxsize=None)
 def known_files() -> dict[str, KnownFile]:
-    """The downloadable files, by kind. torchvision's URL comes from torchvision itself."""
-    from torchvision.models import VGG19_Weights
-
+    """The downloadable files, by kind."""
     return {
-        "torchvision": KnownFile("torchvision", VGG19_Weights.IMAGENET1K_V1.url,
+        "torchvision": KnownFile("torchvision", TORCHVISION_URL,
                                  "torchvision VGG19 IMAGENET1K_V1 (548 MB)"),
         "caffe": KnownFile("caffe", CAFFE_URL,
                            "Caffe-converted VGG19 from neural-style-pt (548 MB)"),
@@ -122,16 +123,11 @@ def default_weights_path() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _torchvision_shapes() -> dict[str, tuple[int, ...]]:
-    """Every key and shape of torchvision's vgg19 state dict, from its own definition.
+    """Every key and shape of torchvision's vgg19 state dict (tests compare it with
+    torchvision's own)."""
+    from .model import vgg19_state_shapes  # torchvision's keys without importing it (slow)
 
-    Built on the meta device: no memory, no initialisation cost.
-    """
-    import torch
-    import torchvision
-
-    with torch.device("meta"):
-        model = torchvision.models.vgg19(weights=None)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return vgg19_state_shapes()
 
 
 def conv_shapes() -> dict[str, tuple[int, ...]]:

@@ -1,13 +1,17 @@
-"""VGGFeatures: the same activations as torchvision's vgg19 for the same weights."""
+"""VGGFeatures: the same activations as torchvision's vgg19 for the same weights; our own VGG19
+stack is torchvision's, module by module and key by key, and the engine loads without it."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from nst_engine.model import VGGFeatures
+from nst_engine.model import VGGFeatures, vgg19_features, vgg19_state_shapes
 from nst_engine.vgg_layers import FEATURE_LAYERS, INDEX
 from nst_engine.weights import load_weights
 
@@ -155,3 +159,40 @@ def test_bad_arguments(tv_weights):
         VGGFeatures(tv_weights, ["relu1_1"], "median")
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         VGGFeatures(tv_weights, ["relu1_1"], "max")(torch.rand(1, 4, 8, 8))
+
+
+def test_our_vgg19_stack_is_torchvisions():
+    """Same module types and settings at the same indices, same state-dict keys and shapes."""
+    ours, theirs = vgg19_features(), torchvision.models.vgg19(weights=None).features
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert type(a) is type(b), i
+        assert a.extra_repr() == b.extra_repr(), i
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
+    full = torchvision.models.vgg19(weights=None).state_dict()
+    assert list(vgg19_state_shapes().items()) == [(k, tuple(v.shape)) for k, v in full.items()]
+
+
+def test_our_stack_computes_what_torchvisions_does_with_the_same_random_weights():
+    torch.manual_seed(0)
+    theirs = torchvision.models.vgg19(weights=None).features.eval()
+    ours = vgg19_features().eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.rand(1, 3, 48, 40)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_loading_weights_and_the_model_does_not_import_torchvision(random_weights_file):
+    code = ("import sys, torch\n"
+            "from nst_engine.params import StyleParams\n"
+            "from nst_engine.transfer import model_for\n"
+            f"model_for({str(random_weights_file)!r}, None, StyleParams(), torch.device('cpu'))\n"
+            "from nst_engine.weights import known_files\n"
+            "known_files()\n"
+            "print('torchvision' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
