@@ -45,7 +45,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
+import reprlib
+import stat
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -64,6 +67,17 @@ META_KEYS = ("name", "label", "description", "extends")
 BUILT_IN, USER = "built-in", "user"
 
 _HINT_FILE = "Fix or remove the file; the other presets are still available."
+#: A preset is a few lines; anything bigger is a mistake (or an attack) and is not parsed, so a
+#: stray huge file cannot slow every command that lists presets.
+MAX_FILE_BYTES = 64 * 1024
+#: Presets nest two levels (a layer map); YAML deeper than this is refused before it is built.
+MAX_DEPTH = 8
+#: Nodes in a file with every alias expanded: bounds "billion laughs" alias bombs.
+MAX_NODES = 5000
+#: Longest preset name (the dialog shows it; the layer name repeats it).
+MAX_NAME = 100
+#: Longest excerpt of a user's value that a message quotes.
+EXCERPT = 60
 _HINT_BUILTIN = "This is a bug in a built-in preset; please report it."
 # YAML 1.1 (PyYAML) reads a plain ``1e4`` as a string; for a float key we take it as written.
 _PLAIN_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -93,7 +107,7 @@ class PresetSet:
             return self.presets[name]
         if name in self.broken:
             raise self.broken[name]
-        raise PresetError(f"There is no preset named '{name}'.",
+        raise PresetError(f"There is no preset named '{_cut(str(name))}'.",
                           _did_you_mean(name, self.presets) +
                           "Run `python -m nst_engine presets` to list them.")
 
@@ -162,7 +176,8 @@ def resolve(name: str | None = None, overrides: Mapping[str, Any] | None = None,
             continue
         spec = PARAM_FIELDS.get(key)
         if spec is None:
-            raise InvalidInput(f"Unknown setting '{key}'." + _did_you_mean_tail(key, PARAM_FIELDS))
+            raise InvalidInput(f"Unknown setting '{_cut(str(key))}'."
+                               + _did_you_mean_tail(key, PARAM_FIELDS))
         problem, checked = _check_value(spec.metadata, value, plain=False)
         if problem:
             raise InvalidInput(f"The setting '{key}' {problem}.")
@@ -244,10 +259,8 @@ def _read_file(path: Path, origin: str) -> Preset:
              preset: str | None = stem, extra_hint: str = "") -> PresetError:
         return _make_error(path, preset, key, line, what, (extra_hint + " " + hint).strip())
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise fail(f"cannot be read ({e})") from None
+    text = _read_text(path, fail)
+    _check_shape(text, fail)
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -256,6 +269,10 @@ def _read_file(path: Path, origin: str) -> Preset:
         mark = getattr(e, "problem_mark", None)
         what = getattr(e, "problem", None) or str(e)
         raise fail(f"is not valid YAML: {what}", line=mark.line + 1 if mark else None) from None
+    except ValueError as e:  # PyYAML's constructors call int(), date() ... on the raw text
+        raise fail(_unreadable_value(e)) from None
+    except RecursionError:  # _check_shape bounds the depth; this is the last line of defence
+        raise fail(f"nests deeper than {MAX_DEPTH} levels") from None
     finally:
         loader.dispose()
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
@@ -268,7 +285,7 @@ def _read_file(path: Path, origin: str) -> Preset:
         line = key_node.start_mark.line + 1
         key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
         if not isinstance(data_key := _scalar_key(loader, key_node), str):
-            raise fail(f"has a key that is not a name: {key!r}", line=line)
+            raise fail(f"has a key that is not a name: {_excerpt(key)}", line=line)
         if data_key in nodes:
             first = nodes[data_key][0].start_mark.line + 1
             raise fail(f"sets '{data_key}' twice (lines {first} and {line})", key=data_key,
@@ -277,8 +294,10 @@ def _read_file(path: Path, origin: str) -> Preset:
     lines = {k: kn.start_mark.line + 1 for k, (kn, _) in nodes.items()}
 
     name = data.get("name", stem)
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "\n\r\t"):
-        raise fail(f"has a bad name {name!r}: use a short text such as '{stem}'", key="name",
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "\n\r\t") \
+            or len(name.strip()) > MAX_NAME:
+        raise fail(f"has a bad name {_excerpt(name)}: use a short text (at most {MAX_NAME} "
+                   f"characters on one line) such as '{_cut(stem)}'", key="name",
                    line=lines.get("name"))
     name = name.strip()
     for key in ("label", "description", "extends"):
@@ -314,6 +333,86 @@ def _read_file(path: Path, origin: str) -> Preset:
                   lines=MappingProxyType(lines))
 
 
+def _read_text(path: Path, fail) -> str:
+    """The file's text, if it is a regular file within MAX_FILE_BYTES.
+
+    Opened without blocking and checked on the open descriptor: a FIFO named ``x.yaml`` would
+    otherwise hang every command that lists presets.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise fail(f"cannot be read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail("is not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise fail(f"is {st.st_size} bytes, over the limit of {MAX_FILE_BYTES} for a "
+                       "preset file, so it was not read")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # it may have grown since fstat
+    except OSError as e:
+        raise fail(f"cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:
+        raise fail(f"is over the limit of {MAX_FILE_BYTES} bytes for a preset file, so it was "
+                   "not read")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(f"is not UTF-8 text (byte {e.start})") from None
+
+
+def _check_shape(text: str, fail) -> None:
+    """Refuse deep nesting and alias bombs from the event stream, before any node is built.
+
+    PyYAML's composer recurses once per level, and aliases share one object that a message or
+    a JSON dump would expand: both are bounded here, where nothing recurses or expands.
+    """
+    depth = 0
+    sizes: list[int] = []  # expanded node count of each open collection
+    anchored: dict[str, int] = {}
+    anchors: list[str | None] = []
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                size = anchored.get(event.anchor, 1)
+            elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise fail(f"nests deeper than {MAX_DEPTH} levels",
+                               line=event.start_mark.line + 1)
+                sizes.append(1)
+                anchors.append(event.anchor)
+                continue
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+                size, anchor = sizes.pop(), anchors.pop()
+                if anchor is not None:
+                    anchored[anchor] = size
+            elif isinstance(event, yaml.ScalarEvent):
+                size = 1
+                if event.anchor is not None:
+                    anchored[event.anchor] = 1
+            else:
+                continue
+            if sizes:
+                sizes[-1] += size
+            if size > MAX_NODES or (sizes and sizes[-1] > MAX_NODES):
+                raise fail(f"expands to more than {MAX_NODES} values (aliases counted each "
+                           "time they are used)", line=event.start_mark.line + 1)
+    except yaml.YAMLError:
+        return  # the composer below reports it with its line
+
+
+def _unreadable_value(e: ValueError) -> str:
+    if "integer string conversion" in str(e):
+        return "has a number with too many digits to read"
+    return f"has a value that cannot be read ({_cut(str(e))})"
+
+
 def _scalar_key(loader: yaml.SafeLoader, key_node: yaml.Node) -> Any:
     if not isinstance(key_node, yaml.ScalarNode):
         return None
@@ -336,7 +435,7 @@ def _check_value(meta: Mapping[str, Any], value: Any, *, plain: bool) -> tuple[s
         if not isinstance(value, str):
             return f"must be one of {_choices(meta)}, not {_shown(value)}", None
         if meta["choices"] and value not in meta["choices"]:
-            return (f"is '{value}'; it must be one of {_choices(meta)}"
+            return (f"is '{_cut(value)}'; it must be one of {_choices(meta)}"
                     + _did_you_mean_tail(value, meta["choices"])), None
         return None, value
     if kind is float and plain and isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value):
@@ -344,13 +443,16 @@ def _check_value(meta: Mapping[str, Any], value: Any, *, plain: bool) -> tuple[s
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         want = "a number" if kind is float else "a whole number"
         return f"must be {want}, not {_shown(value)}", None
+    lo, hi = meta["min"], meta["max"]
     if kind is float:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            return f"is {_excerpt(value)}, out of range: it must be {_range(meta)}", None
         if not math.isfinite(value):
             return f"must be a finite number, not {value}", None
-    lo, hi = meta["min"], meta["max"]
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        return f"is {value}, out of range: it must be {_range(meta)}", None
+        return f"is {_excerpt(value)}, out of range: it must be {_range(meta)}", None
     return None, value
 
 
@@ -361,7 +463,7 @@ def _check_layers(value: Any) -> tuple[str | None, Any]:
     out: dict[str, float] = {}
     for layer, weight in value.items():
         if layer not in ALLOWED_LAYERS:
-            return (f"names an unknown layer '{layer}'"
+            return (f"names an unknown layer '{_cut(str(layer))}'"
                     + _did_you_mean_tail(str(layer), ALLOWED_LAYERS)
                     + f" (VGG19 layers: {ALLOWED_LAYERS[0]} ... {ALLOWED_LAYERS[-1]})"), None
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
@@ -369,6 +471,11 @@ def _check_layers(value: Any) -> tuple[str | None, Any]:
             return (f"gives layer '{layer}' the weight {_shown(weight)}; weights are numbers "
                     ">= 0"), None
         out[layer] = float(weight)
+    if not any(out.values()):
+        # Nothing to measure: the loss would be empty. Switching a loss off is what
+        # content_weight / style_weight 0 are for.
+        return ("gives every layer the weight 0; at least one needs a weight above 0 (to "
+                "leave this loss out, set content_weight or style_weight to 0 instead)"), None
     return None, MappingProxyType(out)
 
 
@@ -431,14 +538,16 @@ def _merged(pset: PresetSet, name: str) -> dict[str, Any]:
 
 def _make_error(path: Path, preset: str | None, key: str | None, line: int | None, what: str,
                 hint: str) -> PresetError:
+    """One line naming the file, preset, key and line; the user's text only as excerpts."""
     where = f"{path}"
     if preset is not None:
-        where += f", preset '{preset}'"
+        where += f", preset '{_cut(preset)}'"
     if key is not None:
-        where += f", key '{key}'"
+        where += f", key '{_cut(key)}'"
     if line is not None:
         where += f" (line {line})"
     subject = "" if key is not None else "the file "
+    what = _cut(" ".join(what.split()), 6 * EXCERPT)
     err = PresetError(f"{where}: {subject}{what.rstrip('.')}.", hint)
     err.path, err.preset, err.key, err.line = path, preset, key, line
     return err
@@ -448,14 +557,21 @@ def _error(preset: Preset, key: str, what: str, hint: str) -> PresetError:
     return _make_error(preset.source, preset.name, key, preset.lines.get(key), what, hint)
 
 
-def _did_you_mean_tail(word: str, options: Iterable[str]) -> str:
+def _close_match(word: str, options: Iterable[str]) -> str | None:
+    if len(str(word)) > EXCERPT:  # no name is that long; and difflib's cost grows with it
+        return None
     close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def _did_you_mean_tail(word: str, options: Iterable[str]) -> str:
+    close = _close_match(word, options)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f"Did you mean '{close[0]}'? " if close else ""
+    close = _close_match(word, options)
+    return f"Did you mean '{close}'? " if close else ""
 
 
 def _type_name(value: Any) -> str:
@@ -464,8 +580,25 @@ def _type_name(value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    return f"{_type_name(value)} ({value!r})" if not isinstance(value, (dict, list)) \
+    return f"{_type_name(value)} ({_excerpt(value)})" if not isinstance(value, (dict, list)) \
         else _type_name(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = EXCERPT
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+
+
+def _excerpt(value: Any) -> str:
+    """``repr(value)``, bounded in length and depth (aliases and huge numbers included)."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # an int over Python's digit limit, say
+        return f"<{_type_name(value)}>"
+
+
+def _cut(text: str, limit: int = EXCERPT) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _choices(meta: Mapping[str, Any]) -> str:
