@@ -10,9 +10,21 @@ import argparse
 import sys
 
 from . import __version__
+from .bridge.config import DEFAULT_KEEP_WARM
 from .errors import EngineError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _max_size(text: str) -> int | str:
+    """``--max-size``: a number of pixels, or ``full``."""
+    if text.strip().lower() == "full":
+        return "full"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'full', got "
+                                         f"'{text}'") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file; the format follows the extension (.png, .jpg, .tif)")
     s.add_argument("--preset", default=None, help="preset name (see `presets`)")
-    s.add_argument("--max-size", type=int, help="longest side of the result's optimisation, px")
+    s.add_argument("--max-size", type=_max_size, metavar="N|full",
+                   help="longest side of the result's optimisation, px; full = the content's "
+                        "own size on any device (default: the preset's; on a GPU the content's "
+                        "own size as far as memory allows)")
+    s.add_argument("--tile", type=int, metavar="N",
+                   help="run levels larger than N px in overlapping tiles of at most N px "
+                        "(default: only what does not fit in memory, in tiles that do)")
     s.add_argument("--iterations", type=int, help="optimiser steps in all")
     s.add_argument("--strength", type=float, help="multiplies the preset's style weight (0-10)")
     s.add_argument("--preserve-colors", action="store_true", default=None,
@@ -65,6 +83,25 @@ def _parser() -> argparse.ArgumentParser:
                                       "stdin/stdout, logs on stderr)")
     sv.add_argument("--weights", metavar="PATH")
     sv.add_argument("--device", choices=DEVICES, default="auto")
+    # Warm mode, as `attach` starts it (docs/PROTOCOL.md "The warm engine").
+    sv.add_argument("--listen", metavar="SOCKET",
+                    help="be the warm engine: serve clients on this Unix-domain socket (its "
+                         "folder must be the user's own, mode 0700)")
+    sv.add_argument("--keep-warm", type=float, default=DEFAULT_KEEP_WARM, metavar="SECONDS",
+                    help="with --listen: exit this long after the last job")
+    sv.add_argument("--warm-key", default="", help=argparse.SUPPRESS)
+    sv.add_argument("--log", metavar="FILE", help="with --listen: append the log to FILE")
+
+    a = sub.add_parser("attach", help="what the plug-in runs: connect to the warm engine "
+                                      "(starting one if none) and relay stdin/stdout to it")
+    a.add_argument("--weights", metavar="PATH")
+    a.add_argument("--device", choices=DEVICES, default=None)
+    a.add_argument("--keep-warm", type=float, default=DEFAULT_KEEP_WARM, metavar="SECONDS",
+                   help="how long a started engine waits for the next job (0: run `serve`)")
+    a.add_argument("--hello-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long a starting engine may take")
+    a.add_argument("--fresh", action="store_true",
+                   help="replace the running warm engine with a new one")
     return p
 
 
@@ -79,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             from .doctor import run
         elif args.command == "fetch-weights":
             from .weights import run_fetch as run
+        elif args.command == "attach":
+            from .bridge.warm import run
         else:
             from .serve import run
         return run(args)

@@ -12,6 +12,29 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory):
+    """No test reaches the user's warm engine: a warm engine started by any test lives in this
+    folder (short: a socket path has ~104 bytes) and is stopped at the end."""
+    import os
+    import shutil
+    import tempfile
+
+    from nst_engine.bridge import warm
+
+    folder = Path(tempfile.mkdtemp(prefix="nst-tests-")) / "run"
+    old = os.environ.get("NST_RUNTIME_DIR")
+    os.environ["NST_RUNTIME_DIR"] = str(folder)
+    yield folder
+    if folder.exists():
+        warm.stop_engine(folder, force=True)
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    if old is None:
+        os.environ.pop("NST_RUNTIME_DIR", None)
+    else:
+        os.environ["NST_RUNTIME_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def random_weights_file(tmp_path_factory) -> Path:
     """Random VGG19 weights, torchvision layout (features.N.*), seed 0 (~80 MB, made once)."""

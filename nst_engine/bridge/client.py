@@ -9,6 +9,11 @@ when GIMP kills a cancelled plug-in: that is the mechanism everything else relie
 engine gets its own session, so terminal signals meant for GIMP don't reach it mid-write.
 Windows: it is also put in a Job Object that kills it when the plug-in's handle closes (written
 from the Win32 documentation, not tested on Windows here).
+
+Warm engine (``keep_warm`` > 0 in config.json, POSIX): ``from_config`` runs the same command with
+``attach`` in place of ``serve`` (``warm_argv``): a small relay that connects to the user's warm
+engine, starting one if none, so the protocol, the log, cancel-by-closing and crash reports stay
+exactly as above; ``close()`` then ends this client's session and the engine stays loaded.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ LOG_NAME = "engine.log"
 #: A log bigger than this at start is moved to ``engine.log.1`` (one old log is kept).
 LOG_ROTATE_BYTES = 2 << 20
 DEFAULT_HELLO_TIMEOUT = 120.0
+#: Set in attach's environment: the log the warm engine it starts appends to.
+LOG_ENV = "NST_ENGINE_LOG"
 #: How long close() lets the engine exit on its own before killing it.
 EXIT_GRACE = 3.0
 _TAIL_BYTES = 2000
@@ -72,6 +79,22 @@ def child_env(pythonpath: str | Sequence[str] | None = None,
         out["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
     out["PYTHONUNBUFFERED"] = "1"  # library prints reach the log before a crash, not after
     return out
+
+
+def warm_argv(argv: Sequence[str], keep_warm: float, hello_timeout: float,
+              fresh: bool = False) -> list[str] | None:
+    """``engine_command`` with ``attach`` in place of its ``nst_engine serve`` (also behind ssh
+    or flatpak-spawn), or None when it has none (a custom command) or this platform has no warm
+    engine (Windows) or ``keep_warm`` is 0."""
+    from .warm import supported
+
+    if keep_warm <= 0 or not supported():
+        return None
+    for i in range(1, len(argv)):
+        if argv[i] == "serve" and argv[i - 1].endswith("nst_engine"):
+            return [*argv[:i], "attach", *argv[i + 1:], "--keep-warm", f"{keep_warm:g}",
+                    "--hello-timeout", f"{hello_timeout:g}", *(["--fresh"] if fresh else [])]
+    return None
 
 
 def _popen_platform_kwargs() -> dict[str, Any]:
@@ -186,6 +209,8 @@ class EngineClient:
         self.env = env
         self.max_payload = max_payload
         self.hello: dict[str, Any] | None = None
+        #: Whether argv is ``attach`` (a warm engine shared with later runs); from_config sets it.
+        self.warm = False
         #: The last result's notices (e.g. weights of unknown checksum), for the user to see.
         self.last_notices: list[str] = []
         self._proc: subprocess.Popen | None = None
@@ -197,18 +222,27 @@ class EngineClient:
         self._write_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._current_id: int | None = None
+        self._cancelled: set[int] = set()
         self._read_error: ProtocolError | None = None
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], **kwargs: Any) -> "EngineClient":
-        """From ``bridge.config.load_config()``'s dict; keyword arguments win."""
-        from .config import default_log_dir
+    def from_config(cls, cfg: Mapping[str, Any], *, keep_warm: float | None = None,
+                    fresh: bool = False, **kwargs: Any) -> "EngineClient":
+        """From ``bridge.config.load_config()``'s dict; keyword arguments win. With
+        ``keep_warm`` (default: the config's) > 0 the client attaches to the warm engine;
+        ``fresh``: replace the running warm engine first (a retry after a failure)."""
+        from .config import default_log_dir, keep_warm as configured_keep_warm
         log_dir = Path(cfg.get("log_dir") or default_log_dir())
         opts: dict[str, Any] = {"pythonpath": cfg.get("engine_pythonpath"),
                                 "log_path": log_dir / LOG_NAME,
                                 "hello_timeout": cfg.get("hello_timeout") or DEFAULT_HELLO_TIMEOUT}
         opts.update(kwargs)
-        return cls(cfg["engine_command"], **opts)
+        if keep_warm is None:
+            keep_warm = configured_keep_warm(dict(cfg))
+        argv = warm_argv(cfg["engine_command"], keep_warm, float(opts["hello_timeout"]), fresh)
+        client = cls(argv or cfg["engine_command"], **opts)
+        client.warm = argv is not None
+        return client
 
     # ------------------------------------------------------------------------ life cycle
 
@@ -220,7 +254,14 @@ class EngineClient:
 
     @property
     def pid(self) -> int | None:
+        """The process this client started (with a warm engine: the ``attach`` relay)."""
         return self._proc.pid if self._proc else None
+
+    @property
+    def engine_pid(self) -> int | None:
+        """The engine's own pid, from its hello (on its machine)."""
+        pid = (self.hello or {}).get("pid")
+        return pid if isinstance(pid, int) else None
 
     def start(self) -> dict[str, Any]:
         """Start the engine and wait for its hello (``hello_timeout`` seconds)."""
@@ -232,9 +273,12 @@ class EngineClient:
         self._log.flush()
         self._log_start = self._log.tell()
         try:
+            env = child_env(self.pythonpath, self.env)
+            if self.warm:
+                env[LOG_ENV] = str(self.log_path)
             self._proc = subprocess.Popen(
                 self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                bufsize=0, env=child_env(self.pythonpath, self.env), close_fds=True,
+                bufsize=0, env=env, close_fds=True,
                 **_popen_platform_kwargs())
         except OSError as e:
             self._close_log()
@@ -351,6 +395,10 @@ class EngineClient:
                 if item.type == Msg.PROGRESS:
                     if on_progress is not None:
                         on_progress(h)
+                elif item.type == Msg.RESULT and rid in self._cancelled:
+                    # Finished before the cancel reached it: never hand it to the caller.
+                    raise EngineFailed(Code.CANCELLED, "Style transfer cancelled.", "",
+                                       self.log_path)
                 elif item.type == Msg.RESULT:
                     if (h["width"], h["height"]) != (content.width, content.height):
                         raise EngineFailed(Code.INTERNAL,
@@ -374,6 +422,7 @@ class EngineClient:
         rid = self._current_id
         if rid is None or self._proc is None:
             return
+        self._cancelled.add(rid)
         try:
             self._send({"type": Msg.CANCEL, "id": rid})
         except (OSError, ValueError):

@@ -18,6 +18,9 @@ CONFIG_FILE = "config.json"
 CONFIG_VERSION = 1
 #: The preset used when none is named (by the CLI, the plug-in, a batch script).
 DEFAULT_PRESET = "balanced"
+#: ``keep_warm``: seconds a loaded engine waits for the next job after its last one, reachable
+#: by later plug-in runs; 0 = the engine ends with the plug-in (as on Windows, always).
+DEFAULT_KEEP_WARM = 600
 
 
 def _home() -> Path:
@@ -65,6 +68,28 @@ def config_path() -> Path:
     return config_dir() / CONFIG_FILE
 
 
+def runtime_dir() -> Path:
+    """The private folder of the warm engine's socket (``bridge/warm.py`` creates it 0700 and
+    checks it). ``NST_RUNTIME_DIR`` overrides, which is how tests get one each."""
+    if os.environ.get("NST_RUNTIME_DIR"):
+        return Path(os.environ["NST_RUNTIME_DIR"])
+    if os.environ.get("XDG_RUNTIME_DIR"):  # per user, 0700, emptied at logout (systemd)
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / APP
+    # A short path: a socket's path must stay under ~104 bytes. tempfile knows macOS's per-user
+    # TMPDIR; elsewhere this is /tmp, shared, so warm.py refuses a folder someone else made.
+    import tempfile
+    uid = os.getuid() if hasattr(os, "getuid") else 0  # Windows has no warm engine
+    return Path(tempfile.gettempdir()) / f"{APP}-{uid}"
+
+
+def keep_warm(cfg: dict[str, Any]) -> float:
+    """``cfg["keep_warm"]`` in seconds (absent: DEFAULT_KEEP_WARM; not a number ≥ 0: 0)."""
+    value = cfg.get("keep_warm", DEFAULT_KEEP_WARM)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return 0.0
+    return float(value)
+
+
 class ConfigError(Exception):
     """The configuration file is missing or unreadable; the message says what to run."""
 
@@ -76,7 +101,8 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     ``engine_pythonpath`` (list of folders set as the engine's PYTHONPATH, or absent);
     ``presets_command`` (argv that prints ``presets --json``, for the plug-in's preset list);
     ``weights`` (path or null); ``device`` (auto/cpu/cuda/mps); ``log_dir``;
-    ``hello_timeout`` (seconds to wait for the engine's hello).
+    ``hello_timeout`` (seconds to wait for the engine's hello); ``keep_warm`` (seconds a loaded
+    engine waits for the next run; 0 = it ends with the plug-in; see ``keep_warm()``).
     """
     path = path or config_path()
     try:
