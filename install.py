@@ -51,6 +51,8 @@ from nst_engine.bridge import config as nst_config  # noqa: E402  (needs the pat
 PLUGIN_NAME = "nst-style-transfer"
 PLUGIN_SRC = CHECKOUT / "gimp_plugin" / PLUGIN_NAME / (PLUGIN_NAME + ".py")
 BRIDGE_SRC = CHECKOUT / "nst_engine" / "bridge"
+#: Modules the plug-in imports from its own folder (installed beside it).
+PLUGIN_MODULES = (PLUGIN_SRC.parent / "nst_preview.py",)
 ENGINE_SRC = CHECKOUT / "nst_engine"
 #: The name the plug-in imports the bridge under (a copy of nst_engine/bridge beside it).
 BRIDGE_PKG = "nst_bridge"
@@ -740,6 +742,8 @@ def install_plugin(profile: Profile, manifest: Manifest, link: bool) -> str:
         try:
             changes = link_path(PLUGIN_SRC, script, manifest)
             changes += link_path(BRIDGE_SRC, bridge, manifest)
+            for module in PLUGIN_MODULES:
+                changes += link_path(module, dst / module.name, manifest)
         except OSError as e:
             if sys.platform != "win32":
                 raise
@@ -749,6 +753,8 @@ def install_plugin(profile: Profile, manifest: Manifest, link: bool) -> str:
     if not link:
         changes = copy_file(PLUGIN_SRC, script, manifest, mode=0o755)
         changes += sync_tree(BRIDGE_SRC, bridge, manifest)
+        for module in PLUGIN_MODULES:
+            changes += copy_file(module, dst / module.name, manifest)
     if not existed:
         return "installed" + (" (linked)" if link else "")
     return ("updated" if changes else "up to date") + (" (linked)" if link else "")
@@ -767,8 +773,8 @@ def step_plugin(ctx: Ctx) -> None:
         _say(f"      {profile.label()}: {what}")
 
 
-def build_config(engine: Engine, weights: Path, device: str, flatpak: bool = False
-                 ) -> dict[str, Any]:
+def build_config(engine: Engine, weights: Path, device: str, flatpak: bool = False,
+                 keep_warm: float = nst_config.DEFAULT_KEEP_WARM) -> dict[str, Any]:
     """What the plug-in reads (see bridge/config.py). A Flatpak GIMP gets the same engine
     started on the host through ``flatpak-spawn --host`` (which passes no environment, so
     PYTHONPATH goes on its command line; --watch-bus ends the engine with the plug-in)."""
@@ -779,7 +785,8 @@ def build_config(engine: Engine, weights: Path, device: str, flatpak: bool = Fal
     cfg: dict[str, Any] = {"engine_command": serve, "presets_command": presets,
                            "weights": str(weights), "device": device,
                            "log_dir": str(nst_config.default_log_dir()),
-                           "hello_timeout": int(DEFAULT_HELLO_TIMEOUT)}
+                           "hello_timeout": int(DEFAULT_HELLO_TIMEOUT),
+                           "keep_warm": keep_warm}
     if flatpak:
         prefix = ["flatpak-spawn", "--host", "--watch-bus"]
         if engine.pythonpath:
@@ -807,6 +814,40 @@ def write_config(cfg: dict[str, Any], path: Path, manifest: Manifest) -> bool:
     return True
 
 
+def earlier_keep_warm() -> float:
+    """A keep_warm the user set in config.json survives a re-install; else the default."""
+    try:
+        earlier = nst_config.load_config()
+    except nst_config.ConfigError:
+        return nst_config.DEFAULT_KEEP_WARM
+    if "keep_warm" not in earlier:
+        return nst_config.DEFAULT_KEEP_WARM
+    value = nst_config.keep_warm(earlier)
+    return int(value) if value == int(value) else value
+
+
+def stop_warm_engine(remove_folder: bool = False) -> None:
+    """A warm engine still runs the code and settings of before: stop it (the next plug-in run
+    starts the new one). ``remove_folder``: also its socket folder (--uninstall)."""
+    from nst_engine.bridge import warm
+
+    pid = warm.stop_engine()
+    if pid:
+        _say(f"Stopped the running Style Transfer engine (pid {pid}); the next run starts "
+             "the new one.")
+    if remove_folder and warm.supported():
+        try:
+            folder = warm.private_dir(create=False)
+        except warm.WarmUnavailable:
+            return
+        for name in (warm.SOCKET_NAME, warm.LOCK_NAME):
+            (folder / name).unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def step_config(ctx: Ctx) -> None:
     """[4/5] config.json for the plug-in; one more inside each Flatpak GIMP's sandbox."""
     m = ctx.manifest
@@ -818,14 +859,16 @@ def step_config(ctx: Ctx) -> None:
         except nst_config.ConfigError:
             device = "auto"
     path = nst_config.config_path()
-    wrote = write_config(build_config(ctx.engine, ctx.weights, device), path, m)
+    keep_warm = earlier_keep_warm()
+    wrote = write_config(build_config(ctx.engine, ctx.weights, device, keep_warm=keep_warm),
+                         path, m)
     configs = [str(path)]
     _say(f"      {path}: {'written' if wrote else 'up to date'} (device {device})")
     for profile in ctx.profiles:
         if not profile.flatpak:
             continue
         fpath, flog = flatpak_paths(profile)
-        cfg = build_config(ctx.engine, ctx.weights, device, flatpak=True)
+        cfg = build_config(ctx.engine, ctx.weights, device, flatpak=True, keep_warm=keep_warm)
         cfg["log_dir"] = str(flog)
         wrote = write_config(cfg, fpath, m)
         configs.append(str(fpath))
@@ -856,7 +899,8 @@ def self_check(cfg: dict[str, Any]) -> str:
         for v in ((255, 40, 40, 255) if (x // 4 + y // 4) % 2 else (30, 30, 200, 255))))
     started = time.monotonic()
     try:
-        with EngineClient.from_config(cfg) as client:
+        # keep_warm 0: a per-run engine, so the installer leaves no engine running behind it.
+        with EngineClient.from_config(cfg, keep_warm=0) as client:
             hello = client.start()
             out = client.stylize(content, [(style, 1.0)], preset=preset,
                                  overrides={"max_size": 64, "levels": 1, "iterations": 2},
@@ -921,6 +965,7 @@ def install(args: argparse.Namespace) -> int:
         _say("Note: " + FLATPAK_WARNING)
     manifest = Manifest(nst_config.data_dir() / MANIFEST_NAME)
     reuse_earlier_choices(args, manifest)
+    stop_warm_engine()
     log_dir = nst_config.default_log_dir()
     try:
         manifest.make_tree(log_dir)
@@ -1017,8 +1062,9 @@ def check_plugin(profile: Profile, r: Report) -> None:
     linked = script.is_symlink()
     if script.resolve().read_bytes() != PLUGIN_SRC.read_bytes():
         return r.bad(part, f"{script} differs from this checkout's plug-in", fix)
-    for src in sorted(BRIDGE_SRC.glob("*.py")):
-        dst = bridge / src.name
+    copies = [(src, profile.plugin_dir / src.name) for src in PLUGIN_MODULES]
+    copies += [(src, bridge / src.name) for src in sorted(BRIDGE_SRC.glob("*.py"))]
+    for src, dst in copies:
         if not dst.is_file() or dst.read_bytes() != src.read_bytes():
             return r.bad(part, f"{dst} is missing or differs from this checkout's "
                                f"{src.relative_to(CHECKOUT)}", fix)
@@ -1126,6 +1172,7 @@ def uninstall(args: argparse.Namespace) -> int:
     if not manifest.exists:
         _say(f"Nothing to uninstall: there is no install record ({mpath}).")
         return 0
+    stop_warm_engine(remove_folder=True)
     kept = []
     # Newest first: a file goes before the folder that holds it, and the data folder (which
     # holds this record) comes after everything in it.

@@ -59,6 +59,8 @@ def _env(home: Path, data: Path, config: Path) -> dict[str, str]:
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
                XDG_DATA_HOME=str(home / ".local" / "share"),
                NST_DATA_DIR=str(data), NST_CONFIG_DIR=str(config), PYTHONDONTWRITEBYTECODE="1")
+    # The tests' own warm-engine folder (conftest.py): the installer stops the engine in it.
+    env["NST_RUNTIME_DIR"] = os.environ["NST_RUNTIME_DIR"]
     return env
 
 
@@ -471,3 +473,55 @@ def test_uninstall_keeps_what_the_user_added_to_our_folders(tmp_path, monkeypatc
     assert install.uninstall(None) == 0
     assert (tmp_path / "cfg" / "user.txt").read_text() == "mine"
     assert not (tmp_path / "cfg" / "config.json").exists() and not (tmp_path / "data").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# the warm engine
+
+FAKE_ENGINE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from nst_engine.bridge import warm
+assert warm.EngineLock(Path(sys.argv[2])).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_keep_warm_is_written_and_a_users_value_survives_a_reinstall(tmp_path, monkeypatch):
+    monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path))
+    assert install.earlier_keep_warm() == install.nst_config.DEFAULT_KEEP_WARM  # no config yet
+    cfg = install.build_config(install.Engine(sys.executable), tmp_path / "w.pth", "auto")
+    assert cfg["keep_warm"] == install.nst_config.DEFAULT_KEEP_WARM
+    assert install.build_config(install.Engine(sys.executable), tmp_path / "w.pth", "auto",
+                                keep_warm=0)["keep_warm"] == 0
+    install.nst_config.save_config({"engine_command": ["python"], "keep_warm": 0})
+    assert install.earlier_keep_warm() == 0
+    install.nst_config.save_config({"engine_command": ["python"], "keep_warm": 30})
+    assert install.earlier_keep_warm() == 30
+
+
+@pytest.mark.skipif(os.name != "posix", reason="no warm engine on Windows")
+def test_install_and_uninstall_stop_the_warm_engine(tmp_path, monkeypatch):
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="nsti")) / "run"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("NST_RUNTIME_DIR", str(folder))
+    monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_ENGINE, str(ROOT), str(folder)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout.readline().strip() == "locked"
+        # --uninstall with an install record: the engine is stopped, its folder removed.
+        m = install.Manifest(tmp_path / "data" / install.MANIFEST_NAME)
+        m.make_tree(tmp_path / "data" / "logs")
+        m.save()
+        assert install.uninstall(None) == 0
+        assert fake.wait(30) != 0  # SIGTERM
+        assert not folder.exists()
+    finally:
+        fake.kill()
+        fake.wait()
+        shutil.rmtree(folder.parent, ignore_errors=True)

@@ -10,6 +10,7 @@ The result is always a new layer; the image is only touched once every result ha
 
 import json
 import os
+import random
 import sys
 import time
 import traceback
@@ -186,10 +187,12 @@ class UserError(Exception):
 def run(procedure, run_mode, image, drawables, config, data):
     """GIMP's entry point. Never raises: every failure becomes EXECUTION_ERROR with a message."""
     log_dir = None
+    engine = None  # the dialog's preview engine, reused by the full run
     try:
-        if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, image, drawables,
-                                                                config):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            ok, engine = _dialog(procedure, image, drawables, config)
+            if not ok:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         try:
             client_mod, config_mod = _bridge()
         except Exception:
@@ -202,7 +205,7 @@ def run(procedure, run_mode, image, drawables, config, data):
             raise UserError(str(e)) from None
         log_dir = cfg.get("log_dir") or str(config_mod.default_log_dir())
         jobs = _plan(image, drawables, config)
-        results, notices = _stylize_all(client_mod, cfg, jobs, config)
+        results, notices = _stylize_all(client_mod, cfg, jobs, config, engine=engine)
         _apply(image, jobs, results)
         # E.g. weights that are not the verified VGG19: the user must know the result is not
         # what real style transfer looks like, so say it where GIMP shows messages.
@@ -216,6 +219,8 @@ def run(procedure, run_mode, image, drawables, config, data):
         return _failure(procedure, f"Style Transfer failed unexpectedly ({type(e).__name__}: "
                                    f"{e}).{where} Please report it with that file.")
     finally:
+        if engine is not None:
+            engine.close()  # done with it (a no-op when the run closed it already)
         try:
             Gimp.progress_end()
         except Exception:
@@ -243,6 +248,8 @@ def _log_traceback(log_dir):
 
 
 def _dialog(procedure, image, drawables, config):
+    """(ok, engine): the user's answer, and the preview's started engine client for the full
+    run to reuse (None when the preview started none)."""
     # GIMP 3.2's own plug-ins import GimpUi only for interactive runs; 3.0 allows either.
     # Importing it here keeps batch runs free of GTK on both.
     gi.require_version("GimpUi", "3.0")
@@ -254,9 +261,87 @@ def _dialog(procedure, image, drawables, config):
     dialog.fill(None)
     for name in ("style-layer", "style-layer-2"):
         _show_thumbnail_once_sized(dialog, name)
+    preview = _attach_preview(dialog, drawables, config)
     ok = dialog.run()
+    dialog.hide()
+    engine = None
+    if preview is not None:
+        if ok:  # a start in progress is waited for: the run needs that engine anyway
+            Gimp.progress_init("Style Transfer: starting the engine")
+        engine = preview.close(keep_engine=ok)
     dialog.destroy()
-    return ok
+    return ok, engine
+
+
+#: The arguments whose change makes a preview out of date (max-size and iterations only
+#: matter below the preview's own schedule; a change that leaves it alone is not redone).
+PREVIEW_ARGUMENTS = ("style-layer", "preset", "strength", "max-size", "iterations",
+                     "preserve-colors", "seed", "device", "style-layer-2", "style-mix")
+
+
+def _attach_preview(dialog, drawables, config):
+    """The preview pane beside the dialog's fields (nst_preview.py), or None when the
+    installation lacks it: the dialog then works as before, and run() reports the problem."""
+    try:
+        import nst_preview
+        client_mod, config_mod = _bridge()
+    except Exception:
+        return None
+    seed = random.randrange(2 ** 31)  # one seed for the dialog's life: see _preview_job
+    styles = {}  # (style ids, mix) -> style pixels at preview size; Preview re-reads them
+
+    def build_job(force):
+        # Read here, not in the worker: GIMP calls belong on GTK's thread.
+        try:
+            cfg = config_mod.load_config()
+        except config_mod.ConfigError as e:
+            raise UserError(str(e)) from None
+        if force:
+            styles.clear()
+        return _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, styles)
+
+    def make_client():
+        return client_mod.EngineClient.from_config(config_mod.load_config())
+
+    try:
+        return nst_preview.PreviewPane(dialog, config, build_job, make_client,
+                                       PREVIEW_ARGUMENTS)
+    except Exception:
+        _log_traceback(None)  # a broken preview must not cost the user the dialog
+        return None
+
+
+def _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, style_cache):
+    """A PreviewJob for the first selected layer: its region plus context margin (as the full
+    run crops it), read at preview size, with the dialog's settings and a short schedule.
+
+    Seed -1 (random) would make every preview differ even when nothing changed; the preview
+    uses one seed per dialog instead, so two previews differ only by their settings."""
+    from nst_bridge.wire import RGBAImage
+
+    _check_arguments(drawables, config)
+    layer = drawables[0]
+    region, crop = _region(layer)
+    scale = _fit_scale(crop[2], crop[3], nst_preview.PREVIEW_SIZE)
+    cw, ch = _scaled(crop, scale)[2:]
+    content = RGBAImage(cw, ch, _read(layer, crop, scale))
+    sx = min(cw - 1, round((region[0] - crop[0]) * scale))
+    sy = min(ch - 1, round((region[1] - crop[1]) * scale))
+    show = (sx, sy, max(1, min(cw - sx, round(region[2] * scale))),
+            max(1, min(ch - sy, round(region[3] * scale))))
+    second = config.get_property("style-layer-2")
+    key = (config.get_property("style-layer").get_id(),
+           second.get_id() if second is not None and second.is_valid() else None,
+           float(config.get_property("style-mix")))
+    if key not in style_cache:
+        # Twice the preview size: the engine scales the style with the content (style_scale).
+        style_cache[key] = _styles(client_mod, config, longest=2 * nst_preview.PREVIEW_SIZE)
+    styles = style_cache[key]
+    overrides = nst_preview.preview_overrides({"seed": seed, **_overrides(config)})
+    preset, device = config.get_property("preset"), _device(cfg, config)
+    settings = {"layer": layer.get_id(), "crop": list(crop), "styles": list(key),
+                "preset": preset, "overrides": overrides, "device": device}
+    return nst_preview.PreviewJob(content, styles, preset, overrides, device, show, settings)
 
 
 def _show_thumbnail_once_sized(dialog, name):
@@ -317,6 +402,19 @@ class Job:
 
 def _plan(image, drawables, config):
     """Check the arguments and read every pixel the engine needs, before anything runs."""
+    _check_arguments(drawables, config)
+    jobs = []
+    for layer in drawables:
+        region, crop = _region(layer)
+        job = Job(layer, region, crop)
+        job.name = _layer_name(config)
+        job.content = _read(layer, crop)
+        jobs.append(job)
+    return jobs
+
+
+def _check_arguments(drawables, config):
+    """UserError unless the drawables are layers and a style layer is chosen."""
     if not drawables:
         raise UserError("No layer is selected. Select the layer to repaint in the Layers "
                         "dialog, then run Filters > Style Transfer again.")
@@ -327,20 +425,17 @@ def _plan(image, drawables, config):
     style = config.get_property("style-layer")
     if style is None or not style.is_valid():
         raise UserError("Choose a style layer: the layer whose look should be transferred.")
-    jobs = []
-    for layer in drawables:
-        ok, x, y, w, h = layer.mask_intersect()
-        if not ok or w <= 0 or h <= 0:
-            raise UserError(f"The selection does not touch the layer “{layer.get_name()}”. "
-                            "Select part of that layer, or Select > None for the whole layer.")
-        crop = _widen((x, y, w, h), layer.get_width(), layer.get_height())
-        # A tiny region needs nothing special here: the engine optimises at no less than its
-        # minimum working size (upscaling) and returns the region's own size.
-        job = Job(layer, (x, y, w, h), crop)
-        job.name = _layer_name(config)
-        job.content = _read(layer, crop)
-        jobs.append(job)
-    return jobs
+
+
+def _region(layer):
+    """(region, crop) in layer coordinates: what is repainted, and that plus context margin."""
+    ok, x, y, w, h = layer.mask_intersect()
+    if not ok or w <= 0 or h <= 0:
+        raise UserError(f"The selection does not touch the layer “{layer.get_name()}”. "
+                        "Select part of that layer, or Select > None for the whole layer.")
+    # A tiny region needs nothing special here: the engine optimises at no less than its
+    # minimum working size (upscaling) and returns the region's own size.
+    return (x, y, w, h), _widen((x, y, w, h), layer.get_width(), layer.get_height())
 
 
 def _widen(region, layer_w, layer_h):
@@ -351,20 +446,39 @@ def _widen(region, layer_w, layer_h):
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def _read(drawable, rect):
-    x, y, w, h = rect
+def _read(drawable, rect, scale=1.0):
+    """The pixels of ``rect`` (layer coordinates); with ``scale`` < 1, ``rect`` is read scaled
+    down by GEGL to ``_scaled(rect, scale)``'s size."""
+    x, y, w, h = _scaled(rect, scale)
     buf = drawable.get_buffer()
-    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), 1.0, PIXEL_FORMAT,
+    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), scale, PIXEL_FORMAT,
                          Gegl.AbyssPolicy.CLAMP))
 
 
-def _styles(client_mod, config):
-    """[(RGBAImage, weight)]: the style layer, and the second one weighted by style-mix."""
+def _scaled(rect, scale):
+    """``rect`` in the coordinates of the layer scaled by ``scale`` (GEGL's scaled reads)."""
+    if scale == 1.0:
+        return rect
+    x, y, w, h = rect
+    return (round(x * scale), round(y * scale), max(1, round(w * scale)),
+            max(1, round(h * scale)))
+
+
+def _fit_scale(w, h, longest):
+    """The scale that brings a w×h area to at most ``longest`` px (0 = no limit); never > 1."""
+    return min(1.0, longest / max(w, h)) if longest else 1.0
+
+
+def _styles(client_mod, config, longest=0):
+    """[(RGBAImage, weight)]: the style layer, and the second one weighted by style-mix.
+    ``longest`` > 0 reads them scaled down to at most that many px (the dialog's preview)."""
     from nst_bridge.wire import RGBAImage
 
     def pixels(layer):
         w, h = layer.get_width(), layer.get_height()
-        data = _read(layer, (0, 0, w, h))
+        scale = _fit_scale(w, h, longest)
+        data = _read(layer, (0, 0, w, h), scale)
+        w, h = _scaled((0, 0, w, h), scale)[2:]
         # Checked here, before the engine starts, so the message can name the layer.
         if not any(data[3::4]):
             raise UserError(f"The style layer “{layer.get_name()}” is fully transparent, so "
@@ -405,7 +519,8 @@ class _ProgressBar:
     """Feeds GIMP's progress bar from the engine's reports, at most PROGRESS_RATE a second."""
 
     STAGES = {"loading": "Loading the model", "preparing": "Preparing",
-              "optimizing": "Stylizing", "done": "Finishing"}
+              "optimizing": "Stylizing", "done": "Finishing",
+              "waiting": "Waiting for another Style Transfer job"}
 
     def __init__(self, index, count):
         self.prefix = f"Layer {index}/{count}: " if count > 1 else ""
@@ -440,27 +555,43 @@ def _duration(seconds):
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _stylize_all(client_mod, cfg, jobs, config):
+def _stylize_all(client_mod, cfg, jobs, config, engine=None):
+    """``engine``: a started client to use instead of starting one (the dialog's preview
+    engine); closed here like our own."""
     from nst_bridge.wire import RGBAImage
 
     preset = config.get_property("preset")
-    device = config.get_property("device")
-    if device == "auto":  # the dialog's "auto" defers to the device the installer chose
-        device = cfg.get("device") or "auto"
+    device = _device(cfg, config)
     styles = _styles(client_mod, config)
     overrides = _overrides(config)
     Gimp.progress_init("Style Transfer: starting the engine")
-    client = client_mod.EngineClient.from_config(cfg)
+    client = engine or client_mod.EngineClient.from_config(cfg)
+    started, retried = engine is not None, False
     results = []
     try:
-        client.start()
-        for i, job in enumerate(jobs, 1):
-            bar = _ProgressBar(i, len(jobs))
-            bar.start("Sending the image")
-            content = RGBAImage(job.crop[2], job.crop[3], job.content)
-            result = client.stylize(content, styles, preset=preset, overrides=overrides,
-                                    device=device, on_progress=bar)
-            results.append(_crop_back(job, result))
+        while True:
+            try:
+                if not started:
+                    client.start()
+                    started = True
+                for i, job in enumerate(jobs[len(results):], len(results) + 1):
+                    bar = _ProgressBar(i, len(jobs))
+                    bar.start("Sending the image")
+                    content = RGBAImage(job.crop[2], job.crop[3], job.content)
+                    result = client.stylize(content, styles, preset=preset,
+                                            overrides=overrides, device=device,
+                                            on_progress=bar)
+                    results.append(_crop_back(job, result))
+                break
+            except client_mod.EngineFailed as e:
+                if retried or not _worth_a_fresh_engine(client_mod, client, e):
+                    raise
+                # A warm engine that died, hung or could not be reached: once more with a
+                # new one, so the user never meets a stale engine.
+                retried, started = True, False
+                client.close()
+                Gimp.progress_set_text("Style Transfer: starting a new engine")
+                client = client_mod.EngineClient.from_config(cfg, fresh=True)
         notices = list(dict.fromkeys(client.last_notices))
     except client_mod.EngineFailed as e:
         raise UserError(_engine_message(e)) from None
@@ -468,6 +599,18 @@ def _stylize_all(client_mod, cfg, jobs, config):
         client.close()
     Gimp.progress_update(1.0)
     return results, notices
+
+
+def _worth_a_fresh_engine(client_mod, client, error):
+    """A shared warm engine's failure that a new engine may not have (not the job's own)."""
+    return (getattr(client, "warm", False)
+            and error.code in (client_mod.Code.ENGINE_CRASHED, client_mod.Code.ENGINE_NOT_STARTED))
+
+
+def _device(cfg, config):
+    """The device argument, with the dialog's "auto" deferring to the installer's choice."""
+    device = config.get_property("device")
+    return (cfg.get("device") or "auto") if device == "auto" else device
 
 
 def _engine_message(e):
