@@ -105,7 +105,8 @@ class _Throttle:
         self._pending, self._last_time, self._last_stage = None, now, p.stage
         self._send({"type": Msg.PROGRESS, "id": self._rid, "stage": p.stage, "level": p.level,
                     "levels": p.levels, "iteration": p.iteration, "total": p.total,
-                    "elapsed": _finite(p.elapsed), "eta": _finite(p.eta)})
+                    "elapsed": _finite(p.elapsed), "eta": _finite(p.eta), "width": p.width,
+                    "height": p.height, "tiles": p.tiles, "note": p.note})
 
 
 class Ready:
@@ -177,6 +178,7 @@ class _Jobs:
             self._queue.append((session, frame, cancel))
             self._cond.notify_all()
         if behind:
+            _log(f"job {frame.header.get('id')!r} waits for another client's job")
             session.send({"type": Msg.PROGRESS, "id": frame.header.get("id"),
                           "stage": WAITING_STAGE, "level": 0, "levels": 0, "iteration": 0,
                           "total": 0, "elapsed": 0.0, "eta": None})
