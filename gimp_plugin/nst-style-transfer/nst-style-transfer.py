@@ -154,9 +154,12 @@ class StyleTransfer(Gimp.PlugIn):
         proc.add_double_argument("strength", "Stre_ngth",
                                  "How strongly the style shows (1 = the preset's balance)",
                                  0.0, 10.0, 1.0, rw)
-        proc.add_int_argument("max-size", "Ma_x size (px, 0 = preset's)",
+        proc.add_int_argument("max-size", "Ma_x size (px, 0 = preset's, -1 = full)",
                               "Longest side, in pixels, the optimisation runs at; the result "
-                              "is scaled to the layer. 0 = the preset's size", 0, 8192, 0, rw)
+                              "is scaled to the layer. 0 = the preset's size (on a GPU: the "
+                              "region's own size as far as memory allows); -1 = the region's "
+                              "own size on any device (in tiles beyond memory; slow on a CPU)",
+                              -1, 8192, 0, rw)
         proc.add_int_argument("iterations", "_Iterations (0 = preset's)",
                               "Optimiser steps; more is slower and smoother. 0 = the "
                               "preset's number", 0, 20000, 0, rw)
@@ -500,10 +503,12 @@ def _styles(client_mod, config, longest=0):
 
 def _overrides(config):
     """Plug-in arguments as preset overrides (StyleParams field names); 0 / -1 / off keep the
-    preset's value."""
+    preset's value, except max-size -1: the region's own size."""
     out = {"strength": float(config.get_property("strength"))}
     if config.get_property("max-size") > 0:
         out["max_size"] = int(config.get_property("max-size"))
+    elif config.get_property("max-size") < 0:
+        out["full_resolution"] = "always"
     if config.get_property("iterations") > 0:
         out["iterations"] = int(config.get_property("iterations"))
     if config.get_property("preserve-colors"):
@@ -540,11 +545,16 @@ class _ProgressBar:
             return
         self.last = now
         text = self.STAGES.get(p.get("stage"), str(p.get("stage") or ""))
+        if p.get("width") and p.get("height") and p.get("stage") == "optimizing":
+            tiles = f" in {p['tiles']} tiles" if p.get("tiles") else ""
+            text += f" at {p['width']}\u00d7{p['height']} px{tiles}"
         if total:
             text += f" {iteration}/{total}"
         eta = p.get("eta")
         if eta is not None:
             text += f", {_duration(eta)} left"
+        if p.get("note"):
+            text = f"{p['note']} {text}"
         Gimp.progress_set_text(self.prefix + text)
         frac = iteration / total if total else 0.0
         Gimp.progress_update((self.index + min(1.0, frac)) / self.count)

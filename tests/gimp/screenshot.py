@@ -1,6 +1,8 @@
 """Makes docs/dialog.png: the Style Transfer dialog in GIMP 3.0.4 (the Debian 13 tree), opened
-over an image with a photo layer and a painting layer, the plug-in installed by install.py as in
-the end-to-end tests. Not part of the test run; needs root and `tests/gimp/make-tree.sh trixie`.
+over an image with a photo layer and a painting layer, with a finished preview, the plug-in
+installed by install.py as in the end-to-end tests (so the weights are random: the preview shows
+the plumbing, not real style transfer). Not part of the test run; needs root and
+`tests/gimp/make-tree.sh trixie`.
 
     python3 -m tests.gimp.screenshot [OUT.png]      (from the repository root)
 """
@@ -25,13 +27,17 @@ def main(argv: list[str]) -> int:
     session = GimpSession(tree)
     try:
         session.set_up()
-        found = session.run_gui("gui_dialog_shot.py", "dialog shot", timeout=180)
+        found = session.run_gui("gui_preview.py", "dialog shot", timeout=600,
+                                NST_PREVIEW_MODE="shot",
+                                NST_PREVIEW_DUMP_DIR=f"{session.work}/previews",
+                                NST_E2E_SCRIPTS=f"{session.src}/tests/gimp/scripts")
         shot = tree.host_path(f"{session.work}/dialog-shot.json.png")
-        if found.get("capture_rc") != 0 or not shot.is_file():
+        if found.get("driver", {}).get("capture_rc") != 0 or not shot.is_file():
             print(f"no picture of the dialog: {found}\n{session.log[-1]}", file=sys.stderr)
             return 1
         shutil.copyfile(shot, out)
-        print(f"wrote {out} (dialog closed with: {found['status']})")
+        print(f"wrote {out} (dialog closed with: {found.get('status')}; the preview is made "
+              "with random weights)")
         return 0
     finally:
         session.tear_down()

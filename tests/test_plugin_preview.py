@@ -1,0 +1,216 @@
+"""The dialog preview's worker (gimp_plugin/nst-style-transfer/nst_preview.py) without GIMP: a
+fake engine client stands in for EngineClient, with the real EngineFailed. The GTK part and the
+real engine are covered by tests/gimp/test_preview_e2e.py."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from nst_engine.bridge.client import EngineFailed
+from nst_engine.bridge.wire import RGBAImage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gimp_plugin" / "nst-style-transfer"))
+import nst_preview  # noqa: E402
+
+WAIT = 10.0  # generous: a loaded 2-core machine; never reached when things work
+
+
+class FakeClient:
+    """Blocks in stylize until released or cancelled, like the engine in a long job."""
+
+    def __init__(self, log, *, fail_start=None, fail_stylize=None, block=True):
+        self.log, self.fail_start, self.fail_stylize, self.block = log, fail_start, \
+            fail_stylize, block
+        self.cancelled = threading.Event()
+        self.release = threading.Event()
+        self.in_job = threading.Event()
+        self.closed = False
+
+    def start(self):
+        self.log.append("start")
+        if self.fail_start:
+            raise self.fail_start
+
+    def stylize(self, content, styles, *, preset, overrides, device, on_progress):
+        self.log.append(("stylize", preset))
+        self.cancelled.clear()
+        self.in_job.set()
+        try:
+            on_progress({"stage": "optimizing", "iteration": 1, "total": 2})
+            if self.fail_stylize:
+                raise self.fail_stylize
+            while self.block and not self.release.is_set():
+                if self.cancelled.wait(0.01):
+                    raise EngineFailed("cancelled", "Cancelled.")
+            self.release.clear()
+            return RGBAImage(content.width, content.height, bytes(reversed(content.data)))
+        finally:
+            self.in_job.clear()
+
+    def cancel(self):
+        self.log.append("cancel")
+        self.cancelled.set()
+
+    def close(self):
+        self.log.append("close")
+        self.closed = True
+
+
+def job(name, w=2, h=1):
+    data = bytes(range(w * h * 4))
+    return nst_preview.PreviewJob(RGBAImage(w, h, data), [(RGBAImage(1, 1, b"\1\2\3\4"), 1.0)],
+                                  name, {}, "cpu", (0, 0, w, h), {"preset": name})
+
+
+class Harness:
+    def __init__(self, **client_kwargs):
+        self.log, self.clients = [], []
+        self.reports: queue.Queue = queue.Queue()
+        self.client_kwargs = client_kwargs
+
+        def make_client():
+            c = FakeClient(self.log, **self.client_kwargs)
+            self.clients.append(c)
+            return c
+
+        self.worker = nst_preview.PreviewWorker(
+            make_client, lambda kind, gen, payload: self.reports.put((kind, gen, payload)))
+
+    def next(self, *kinds):
+        """The next report of one of ``kinds``, skipping others."""
+        while True:
+            kind, gen, payload = self.reports.get(timeout=WAIT)
+            if kind in kinds:
+                return kind, gen, payload
+
+    def quiet(self):
+        """No result or error arrives within a short wait."""
+        try:
+            while True:
+                kind, _, _ = self.reports.get(timeout=0.5)
+                assert kind not in ("result", "error"), kind
+        except queue.Empty:
+            return True
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.worker.close(timeout=WAIT)
+
+
+def test_a_new_request_cancels_the_running_one_and_only_its_result_arrives(h):
+    first = h.worker.submit(job("a"))
+    assert h.next("starting")[1] == first
+    h.next("progress")
+    second = h.worker.submit(job("b"))
+    client = h.clients[0]
+    assert client.cancelled.wait(WAIT), "the running preview was not cancelled"
+    h.next("progress")
+    client.release.set()
+    kind, gen, result = h.next("result", "error")
+    assert (kind, gen) == ("result", second)
+    assert result.data == bytes(reversed(job("b").content.data))
+    assert h.log.count("start") == 1, "one engine for the dialog's life"
+    assert ("stylize", "b") in h.log and h.quiet()
+
+
+def test_invalidate_stops_the_running_preview_without_a_result(h):
+    h.worker.submit(job("a"))
+    h.next("progress")
+    h.worker.invalidate()
+    assert h.clients[0].cancelled.wait(WAIT)
+    assert h.quiet()
+
+
+def test_engine_errors_arrive_as_text_and_a_dead_engine_is_replaced():
+    h = Harness(fail_stylize=EngineFailed("engine_crashed", "The engine died.", "Try again."),
+                block=False)
+    try:
+        gen = h.worker.submit(job("a"))
+        kind, got, text = h.next("result", "error")
+        assert (kind, got) == ("error", gen)
+        assert "The engine died." in text and "Try again." in text
+        assert h.clients[0].closed
+        h.client_kwargs = {"block": False}
+        gen = h.worker.submit(job("b"))
+        assert h.next("result", "error")[:2] == ("result", gen)
+        assert len(h.clients) == 2 and h.log.count("start") == 2
+    finally:
+        h.worker.close(timeout=WAIT)
+
+
+def test_an_engine_that_cannot_start_is_reported_and_tried_again_next_time():
+    h = Harness(fail_start=EngineFailed("engine_not_started", "No engine.", "Install it."))
+    try:
+        gen = h.worker.submit(job("a"))
+        kind, got, text = h.next("result", "error")
+        assert (kind, got) == ("error", gen) and "No engine." in text
+        assert h.clients[0].closed
+        h.worker.submit(job("b"))
+        assert h.next("result", "error")[0] == "error"
+        assert len(h.clients) == 2
+    finally:
+        h.worker.close(timeout=WAIT)
+
+
+def test_other_engine_errors_keep_the_engine():
+    h = Harness(fail_stylize=EngineFailed("out_of_memory", "Out of memory.", "Smaller."),
+                block=False)
+    try:
+        h.worker.submit(job("a"))
+        assert "Out of memory." in h.next("result", "error")[2]
+        h.worker.submit(job("b"))
+        h.next("result", "error")
+        assert len(h.clients) == 1 and not h.clients[0].closed
+    finally:
+        h.worker.close(timeout=WAIT)
+
+
+def test_close_hands_over_the_started_engine_for_the_full_run(h):
+    h.worker.submit(job("a"))
+    h.next("progress")
+    engine = h.worker.close(keep_engine=True, timeout=WAIT)
+    assert engine is h.clients[0]
+    assert h.clients[0].cancelled.is_set(), "the preview job was not cancelled"
+    assert not engine.closed, "the handed-over engine must stay open"
+
+
+def test_close_without_keeping_closes_the_engine(h):
+    h.worker.submit(job("a"))
+    h.next("progress")
+    assert h.worker.close(keep_engine=False, timeout=WAIT) is None
+    assert h.clients[0].closed
+
+
+def test_close_before_any_preview_has_no_engine_to_hand_over(h):
+    assert h.worker.close(keep_engine=True, timeout=WAIT) is None
+    assert h.clients == []
+
+
+def test_preview_overrides_cap_the_schedule_and_keep_the_users_settings():
+    out = nst_preview.preview_overrides({"strength": 2.0, "seed": 5, "max_size": 2048})
+    assert out == {"strength": 2.0, "seed": 5, "max_size": nst_preview.PREVIEW_SIZE,
+                   "iterations": nst_preview.PREVIEW_ITERATIONS}
+    small = nst_preview.preview_overrides({"max_size": 128, "iterations": 10})
+    assert small["max_size"] == 128 and small["iterations"] == 10
+
+
+def test_crop_rgba_takes_the_shown_region():
+    data = bytes(range(4 * 3 * 4))  # 4x3
+    assert nst_preview.crop_rgba(data, 4, (1, 1, 2, 2)) == (bytes(range(20, 28))
+                                                           + bytes(range(36, 44)))
+
+
+def test_dump_writes_pixels_then_description(tmp_path):
+    nst_preview.dump_preview(str(tmp_path), 3, 2, 1, b"12345678", {"preset": "quick"})
+    assert (tmp_path / "preview-003.rgba").read_bytes() == b"12345678"
+    import json
+    meta = json.loads((tmp_path / "preview-003.json").read_text())
+    assert meta == {"index": 3, "width": 2, "height": 1, "settings": {"preset": "quick"}}
