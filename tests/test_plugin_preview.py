@@ -23,9 +23,13 @@ WAIT = 10.0  # generous: a loaded 2-core machine; never reached when things work
 class FakeClient:
     """Blocks in stylize until released or cancelled, like the engine in a long job."""
 
-    def __init__(self, log, *, fail_start=None, fail_stylize=None, block=True):
+    def __init__(self, log, *, fail_start=None, fail_stylize=None, block=True, warm=False,
+                 fresh=False):
         self.log, self.fail_start, self.fail_stylize, self.block = log, fail_start, \
             fail_stylize, block
+        self.warm, self.fresh = warm, fresh
+        if fresh:  # a replaced warm engine works
+            self.fail_start = self.fail_stylize = None
         self.cancelled = threading.Event()
         self.release = threading.Event()
         self.in_job = threading.Event()
@@ -73,8 +77,8 @@ class Harness:
         self.reports: queue.Queue = queue.Queue()
         self.client_kwargs = client_kwargs
 
-        def make_client():
-            c = FakeClient(self.log, **self.client_kwargs)
+        def make_client(fresh):
+            c = FakeClient(self.log, fresh=fresh, **self.client_kwargs)
             self.clients.append(c)
             return c
 
@@ -156,6 +160,18 @@ def test_an_engine_that_cannot_start_is_reported_and_tried_again_next_time():
         h.worker.submit(job("b"))
         assert h.next("result", "error")[0] == "error"
         assert len(h.clients) == 2
+    finally:
+        h.worker.close(timeout=WAIT)
+
+
+def test_a_dead_warm_engine_is_replaced_at_once_by_a_fresh_one():
+    h = Harness(fail_stylize=EngineFailed("engine_crashed", "The engine died.", ""),
+                block=False, warm=True)
+    try:
+        gen = h.worker.submit(job("a"))
+        assert h.next("result", "error")[:2] == ("result", gen)
+        assert [c.fresh for c in h.clients] == [False, True]
+        assert h.clients[0].closed
     finally:
         h.worker.close(timeout=WAIT)
 

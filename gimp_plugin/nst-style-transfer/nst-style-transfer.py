@@ -303,8 +303,8 @@ def _attach_preview(dialog, drawables, config):
             styles.clear()
         return _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, styles)
 
-    def make_client():
-        return client_mod.EngineClient.from_config(config_mod.load_config())
+    def make_client(fresh):
+        return client_mod.EngineClient.from_config(config_mod.load_config(), fresh=fresh)
 
     try:
         return nst_preview.PreviewPane(dialog, config, build_job, make_client,

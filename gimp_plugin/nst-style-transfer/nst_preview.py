@@ -70,8 +70,8 @@ def crop_rgba(data, width, rect):
 class PreviewWorker:
     """Runs preview requests on one thread with one engine client; the newest request wins.
 
-    ``make_client()`` returns an unstarted ``EngineClient`` (or anything with ``start``,
-    ``stylize``, ``cancel``, ``close``); ``deliver(kind, generation, payload)`` is called on the
+    ``make_client(fresh)`` returns an unstarted ``EngineClient`` (or anything with ``start``,
+    ``stylize``, ``cancel``, ``close``; ``fresh``: replace a shared warm engine that failed); ``deliver(kind, generation, payload)`` is called on the
     worker's thread with kind ``starting`` (None), ``progress`` (the engine's progress header),
     ``result`` (RGBAImage), ``error`` (text for the user). ``submit`` and ``invalidate`` cancel
     the job that is running; ``close`` ends the thread and either closes the engine or hands it
@@ -162,40 +162,50 @@ class PreviewWorker:
             self._finish()
 
     def _run(self, generation, job):
-        try:
-            if self._client is None:
-                self._deliver("starting", generation, None)
-                client = self._make_client()
-                try:
-                    client.start()
-                except BaseException:
-                    client.close()
-                    raise
-                with self._cond:
-                    self._client = client
-            if self._is_stale(generation):
-                return
-
-            def on_progress(p):
+        for fresh in (False, True):
+            warm = False
+            try:
+                if self._client is None:
+                    self._deliver("starting", generation, None)
+                    client = self._make_client(fresh)
+                    warm = getattr(client, "warm", False)
+                    try:
+                        client.start()
+                    except BaseException:
+                        client.close()
+                        raise
+                    with self._cond:
+                        self._client = client
+                warm = getattr(self._client, "warm", False)
                 if self._is_stale(generation):
-                    self._client.cancel()  # closes the gap between submit and stylize
-                else:
-                    self._deliver("progress", generation, p)
+                    return
 
-            result = self._client.stylize(job.content, job.styles, preset=job.preset,
-                                          overrides=job.overrides, device=job.device,
-                                          on_progress=on_progress)
-        except Exception as e:  # noqa: BLE001 — every failure is shown in the dialog
-            code = getattr(e, "code", None)
-            if code == "cancelled":
+                def on_progress(p):
+                    if self._is_stale(generation):
+                        self._client.cancel()  # closes the gap between submit and stylize
+                    else:
+                        self._deliver("progress", generation, p)
+
+                result = self._client.stylize(job.content, job.styles, preset=job.preset,
+                                              overrides=job.overrides, device=job.device,
+                                              on_progress=on_progress)
+            except Exception as e:  # noqa: BLE001 — every failure is shown in the dialog
+                code = getattr(e, "code", None)
+                if code == "cancelled":
+                    return
+                if code in _DEAD_ENGINE_CODES:
+                    if self._client is not None:
+                        self._drop_client()
+                    if warm and not fresh:
+                        # A shared warm engine that died or went stale: once more with a new
+                        # one, as the full run does, so the user never meets a stale engine.
+                        continue
+                text = e.user_text() if hasattr(e, "user_text") else f"{type(e).__name__}: {e}"
+                self._deliver("error", generation, text)
                 return
-            if code in _DEAD_ENGINE_CODES and self._client is not None:
-                self._drop_client()
-            text = e.user_text() if hasattr(e, "user_text") else f"{type(e).__name__}: {e}"
-            self._deliver("error", generation, text)
+            if not self._is_stale(generation):
+                self._deliver("result", generation, result)
             return
-        if not self._is_stale(generation):
-            self._deliver("result", generation, result)
 
     def _drop_client(self):
         with self._cond:
