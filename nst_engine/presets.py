@@ -79,6 +79,8 @@ MAX_NAME = 100
 #: Longest excerpt of a user's value that a message quotes.
 EXCERPT = 60
 _HINT_BUILTIN = "This is a bug in a built-in preset; please report it."
+_HINT_SETTINGS = ("The settings, their ranges and a preset's values: "
+                  "`python -m nst_engine presets --show NAME`.")
 # YAML 1.1 (PyYAML) reads a plain ``1e4`` as a string; for a float key we take it as written.
 _PLAIN_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -177,10 +179,10 @@ def resolve(name: str | None = None, overrides: Mapping[str, Any] | None = None,
         spec = PARAM_FIELDS.get(key)
         if spec is None:
             raise InvalidInput(f"Unknown setting '{_cut(str(key))}'."
-                               + _did_you_mean_tail(key, PARAM_FIELDS))
+                               + _did_you_mean_tail(key, PARAM_FIELDS), _HINT_SETTINGS)
         problem, checked = _check_value(spec.metadata, value, plain=False)
         if problem:
-            raise InvalidInput(f"The setting '{key}' {problem}.")
+            raise InvalidInput(f"The setting '{key}' {problem}.", _HINT_SETTINGS)
         values[key] = checked
     return StyleParams(**values)
 

@@ -10,7 +10,8 @@ Engine → client (the engine's first frame is always ``hello`` or a start-up ``
 - ``hello``: ``protocol``, ``engine_version``, ``device`` (or null), ``torch``,
   ``weights`` ``{"status", "notice"}``, ``notices`` (list of strings)
 - ``progress``: ``id``, ``stage``, ``level``, ``levels``, ``iteration``, ``total``, ``elapsed``,
-  ``eta`` (or null)
+  ``eta`` (or null), ``width``, ``height`` (the level's working size; 0 before it starts),
+  ``tiles`` (0 = the level runs whole), ``note`` (or null: e.g. an out-of-memory retry)
 - ``result``: ``id``, ``width``, ``height``, ``notices`` + RGBA payload (width × height × 4)
 - ``error``: ``id`` (or null when no request is to blame), ``code``, ``message``, ``hint``
 
@@ -26,6 +27,11 @@ A framing error (bad magic, over a limit, truncated, bad JSON) leaves the stream
 reader raises a *fatal* :class:`ProtocolError`. A well-framed message that is wrong (unknown
 type, other protocol version, bad fields) has its payload skipped, unread into memory, and
 raises a non-fatal one, so the engine answers it and goes on serving.
+
+Requests are checked field by field (:func:`check_request`): an ``id`` is a string of at most
+``MAX_ID_CHARS`` characters or a finite number (null only in ``cancel``: every job), so it can be
+hashed, compared and echoed back (null, or none, in ``shutdown`` too); texts are bounded; a message never quotes more than an
+excerpt of what it was sent. An error about a request whose own id is bad carries ``id`` null.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import reprlib
 import struct
 from typing import Any, BinaryIO, NamedTuple
 
@@ -45,6 +52,16 @@ MAX_HEADER = 1 << 20
 DEFAULT_MAX_PAYLOAD = 1 << 30
 #: Longest side of any image on the wire (GIMP's own limit is 524288; ours is memory's).
 MAX_SIDE = 1 << 15
+#: Request fields: longest text id, preset name and device name; most override entries.
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 256
+MAX_OVERRIDES = 64
+#: Largest style blend weight (weights are relative; a bound keeps them floats).
+MAX_WEIGHT = 1e9
+#: Integer ids beyond this are refused (JSON readers in other languages lose precision).
+MAX_ID_INT = 2 ** 53
+#: Longest excerpt of a peer's value that a message quotes.
+EXCERPT = 60
 _CHUNK = 1 << 20
 
 
@@ -114,6 +131,11 @@ class Frame(NamedTuple):
         return self.header["type"]
 
 
+class EncodeError(ValueError):
+    """A header that cannot become a frame (NaN, an object JSON has no form for, too large):
+    the sender's bug, not a closed stream."""
+
+
 class ProtocolError(Exception):
     """A frame or message that breaks the protocol. ``fatal``: the stream is out of step and
     must be closed. ``id``: the request it belongs to, when known."""
@@ -131,18 +153,47 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    # math.isfinite() of a 400-digit int raises OverflowError: ints are finite by nature.
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = EXCERPT
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 1, 3, 3
+
+
+def excerpt(value: Any) -> str:
+    """``repr(value)`` cut to a bounded length and depth: what a message may quote of a peer's
+    input (a deeply nested or huge value would otherwise make the message itself huge)."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int past Python's digit limit
+        return f"<{type(value).__name__}>"
+
+
+def is_valid_id(v: Any) -> bool:
+    """A request id the engine can hash and echo: a short string or a finite number."""
+    if isinstance(v, str):
+        return len(v) <= MAX_ID_CHARS
+    if _is_int(v):
+        return abs(v) <= MAX_ID_INT
+    return isinstance(v, float) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------------------------- encoding
 
 def encode_header(header: dict[str, Any], payload_len: int = 0) -> bytes:
-    """Prefix + JSON header; the payload is written after it by the caller (no copy)."""
+    """Prefix + JSON header; the payload is written after it by the caller (no copy).
+    Raises EncodeError when the header has no frame."""
     if not isinstance(header.get("type"), str):
-        raise ValueError("a frame header needs a string 'type'")
-    body = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        raise EncodeError("a frame header needs a string 'type'")
+    try:
+        body = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as e:
+        raise EncodeError(f"the {excerpt(header['type'])} header cannot be encoded as JSON: "
+                          f"{excerpt(str(e))}") from None
     if len(body) > MAX_HEADER:
-        raise ValueError(f"frame header of {len(body)} bytes exceeds {MAX_HEADER}")
+        raise EncodeError(f"frame header of {len(body)} bytes exceeds {MAX_HEADER}")
     return PREFIX.pack(MAGIC, len(body), payload_len) + body
 
 
@@ -206,34 +257,62 @@ def check_message(header: dict[str, Any], payload_len: int, accept: frozenset[st
     Raises a non-fatal ProtocolError; runs before the payload is read."""
     kind = header["type"]
     rid = header.get("id")
+    rid = rid if is_valid_id(rid) else None  # an error must be able to echo it
 
     def bad(msg: str, code: str = Code.BAD_REQUEST) -> ProtocolError:
         return ProtocolError(code, f"{kind}: {msg}", fatal=False, id=rid)
 
     if kind not in accept:
         raise ProtocolError(Code.UNKNOWN_TYPE,
-                            f"unknown message type {kind[:64]!r} (expected one of "
+                            f"unknown message type {excerpt(kind)} (expected one of "
                             f"{', '.join(sorted(accept))})", fatal=False, id=rid)
+    if kind in CLIENT_TYPES:
+        check_request(header)
     if kind == Msg.STYLIZE:
-        if header.get("protocol") != PROTOCOL_VERSION:
-            raise bad(f"protocol version {header.get('protocol')!r}, this engine speaks "
-                      f"{PROTOCOL_VERSION}", Code.PROTOCOL_VERSION)
-        if not isinstance(header.get("overrides", {}), dict):
-            raise bad("'overrides' must be an object")
-        if header.get("preset") is not None and not isinstance(header["preset"], str):
-            raise bad("'preset' must be a string or null")
-        if header.get("device") is not None and not isinstance(header["device"], str):
-            raise bad("'device' must be a string or null")
         expected = _images_size(header.get("images"), bad)
     elif kind == Msg.RESULT:
         w, h = header.get("width"), header.get("height")
         if not (_is_int(w) and _is_int(h) and 1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
-            raise bad(f"bad size {w!r}x{h!r}")
+            raise bad(f"bad size {excerpt(w)}x{excerpt(h)}")
         expected = w * h * 4
     else:
         expected = 0
     if payload_len != expected:
         raise bad(f"payload is {payload_len} bytes, the header declares {expected}")
+
+
+def check_request(header: dict[str, Any]) -> None:
+    """The fields of a client message (``stylize``, ``cancel``, ``shutdown``), except the image
+    sizes (``check_message`` adds those up against the payload). Raises a non-fatal
+    ProtocolError (``bad_request``, or ``protocol_version``) that names the field; its ``id`` is
+    the request's when that is valid, else None. Runs in any transport before a request is
+    used, so a stored or echoed value is always hashable, finite and short."""
+    kind = header.get("type")
+    rid = header.get("id")
+
+    def bad(msg: str, code: str = Code.BAD_REQUEST) -> ProtocolError:
+        return ProtocolError(code, f"{kind}: {msg}", fatal=False,
+                             id=rid if is_valid_id(rid) else None)
+
+    if not (is_valid_id(rid) or (rid is None and kind != Msg.STYLIZE)):
+        extra = {Msg.CANCEL: " or null (every job)", Msg.SHUTDOWN: " or null"}.get(kind, "")
+        raise bad(f"'id' must be a string of at most {MAX_ID_CHARS} characters or a finite "
+                  f"number{extra}, not {excerpt(rid)}")
+    if kind != Msg.STYLIZE:
+        return
+    if header.get("protocol") != PROTOCOL_VERSION:
+        raise bad(f"protocol version {excerpt(header.get('protocol'))}, this engine speaks "
+                  f"{PROTOCOL_VERSION}", Code.PROTOCOL_VERSION)
+    overrides = header.get("overrides", {})
+    if overrides is not None and not isinstance(overrides, dict):
+        raise bad(f"'overrides' must be an object, not {excerpt(overrides)}")
+    if overrides and len(overrides) > MAX_OVERRIDES:
+        raise bad(f"'overrides' has {len(overrides)} entries, more than {MAX_OVERRIDES}")
+    for field in ("preset", "device"):
+        value = header.get(field)
+        if value is not None and not (isinstance(value, str) and len(value) <= MAX_NAME_CHARS):
+            raise bad(f"'{field}' must be null or a string of at most {MAX_NAME_CHARS} "
+                      f"characters, not {excerpt(value)}")
 
 
 def _images_size(images: Any, bad) -> int:
@@ -250,9 +329,11 @@ def _images_size(images: Any, bad) -> int:
             raise bad(f"images[{i}] must have role {role!r} (content first, then styles)")
         w, h = im.get("width"), im.get("height")
         if not (_is_int(w) and _is_int(h) and 1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
-            raise bad(f"images[{i}] size {w!r}x{h!r} outside 1..{MAX_SIDE}")
-        if role == Role.STYLE and not (_is_number(im.get("weight")) and im["weight"] >= 0):
-            raise bad(f"images[{i}] needs a 'weight' >= 0")
+            raise bad(f"images[{i}] size {excerpt(w)}x{excerpt(h)} outside 1..{MAX_SIDE}")
+        if role == Role.STYLE and not (_is_number(im.get("weight"))
+                                       and 0 <= im["weight"] <= MAX_WEIGHT):
+            raise bad(f"images[{i}] needs a 'weight' from 0 to {MAX_WEIGHT:g}, not "
+                      f"{excerpt(im.get('weight'))}")
         total += w * h * 4
     if len(images) < 2:
         raise bad("no style image")
