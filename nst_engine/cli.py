@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check torch, devices, weights and presets")
     d.add_argument("--weights", metavar="PATH")
     d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--measure-cpu", action="store_true",
+                   help="time bfloat16 against float32 on this CPU again (and cache the answer)")
 
     f = sub.add_parser("fetch-weights", help="download VGG19 weights (hash-checked) and build "
                                              "the compact cache")

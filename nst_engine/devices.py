@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .errors import DeviceUnavailable
@@ -57,36 +55,20 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-#: Set to 0 to keep the CPU in float32 even where it has bfloat16 matrix units (or 1 to force).
-CPU_BF16_ENV = "NST_ENGINE_CPU_BF16"
-
-
-def _cpu_has_amx_bf16() -> bool:
-    """True on x86 CPUs with AMX bfloat16 tiles (Linux; elsewhere we do not guess)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Reduced precision for the convolutions on this device, or None for float32.
 
-    Losses and Gram matrices stay float32 either way (stylize casts features up).
+    Losses and Gram matrices stay float32 either way (the engine casts features up).
     CUDA: bfloat16 where the GPU supports it (no overflow risk), else float16.
-    CPU: bfloat16 only with AMX (measured ~1.9x faster per iteration at the same final loss,
-    benchmarks/README.md); without hardware bfloat16 it would be slower, so float32.
+    CPU: bfloat16 where timing both on this CPU says it is clearly faster (AMX, AMD Zen 4/5),
+    else float32; measured once and cached, ``NST_ENGINE_CPU_BF16`` overrides
+    (``cpu_precision``).
     MPS: float32 (autocast there is too young across the torch versions we support).
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
-        forced = os.environ.get(CPU_BF16_ENV, "").strip()
-        if forced in ("0", "1"):
-            return torch.bfloat16 if forced == "1" else None
-        return torch.bfloat16 if _cpu_has_amx_bf16() else None
+        from .cpu_precision import choose
+
+        return torch.bfloat16 if choose().bf16 else None
     return None

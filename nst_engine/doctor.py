@@ -1,6 +1,7 @@
 """``python -m nst_engine doctor``: what this engine has to work with, and what to fix.
 
-Checks Python, torch/torchvision, the devices torch sees, the weights (found, validated,
+Checks Python, torch/torchvision, the devices torch sees, the CPU's precision (bfloat16 or
+float32, measured on this CPU: ``cpu_precision``), the weights (found, validated,
 checksum-verified, kind) and the preset folders. Exit code 0 when a stylize run can work,
 1 otherwise. Every check is guarded, so one broken part never hides the report on the others.
 """
@@ -50,6 +51,25 @@ def _check_torch(report: dict) -> bool:
                     "threads": torch.get_num_threads()})
     report["devices"] = devices
     return True
+
+
+def _check_cpu_precision(report: dict, args: Any) -> None:
+    """The CPU's convolution precision, the timings behind it and why (measured if not yet)."""
+    from .cpu_precision import choose
+
+    try:
+        choice = choose(remeasure=bool(getattr(args, "measure_cpu", False)))
+    except Exception as e:  # noqa: BLE001 -- a failed measurement is a finding, not a crash
+        report["cpu_precision"] = {"error": str(e)}
+        _problem(report, f"Timing the CPU's precisions failed: {e}", "The engine runs in "
+                 "float32 if it fails again; set NST_ENGINE_CPU_BF16=0 to skip the timing.",
+                 fatal=False)
+        return
+    report["cpu_precision"] = {"precision": "bfloat16" if choice.bf16 else "float32",
+                               **choice.to_json()}
+    if choice.cache_note:
+        _problem(report, f"CPU precision {choice.cache_note}.", "Make the data folder "
+                 "writable (or set NST_DATA_DIR to a writable folder).", fatal=False)
 
 
 def _weights_path(args: Any) -> tuple[Path | None, str]:
@@ -124,10 +144,30 @@ def collect(args: Any) -> dict:
         "python": sys.version.split()[0], "python_executable": sys.executable,
         "platform": platform.platform(), "problems": []}
     if _check_torch(report):
+        _check_cpu_precision(report, args)
         _check_weights(report, args)
     _check_presets(report)
     report["ok"] = not any(p["fatal"] for p in report["problems"])
     return report
+
+
+def _print_cpu_precision(c: dict | None) -> None:
+    if not c or "precision" not in c:
+        return
+    how = {"override": "set by NST_ENGINE_CPU_BF16",
+           "cache": f"measured {c['measured_at']}, cached in {c['cache_path']}",
+           "measured": f"measured now in {c['seconds']:.2f} s"
+                       + (f", cached in {c['cache_path']}" if not c["cache_note"] else "")
+           }[c["source"]]
+    print(f"precision:   {c['precision']} convolutions ({how})")
+    if c["fp32_ms"] is not None:
+        load = f", load average {c['load']}" if c.get("load") is not None else ""
+        print(f"             probe: float32 {c['fp32_ms']} ms, bfloat16 {c['bf16_ms']} ms "
+              f"(best of {c['rounds']} rounds, {c['key'].get('threads')} threads{load})")
+    print(f"             why: {c['reason']}")
+    if c["source"] != "override":
+        print("             (`doctor --measure-cpu` times it again; NST_ENGINE_CPU_BF16=1/0 "
+              "forces bfloat16/float32)")
 
 
 def _print_text(r: dict) -> None:
@@ -140,6 +180,7 @@ def _print_text(r: dict) -> None:
         print(f"devices:     {names}")
         if "cuda_note" in r:
             print(f"             (no CUDA: {r['cuda_note']})")
+    _print_cpu_precision(r.get("cpu_precision"))
     w = r.get("weights")
     if w:
         if w.get("ok"):

@@ -36,6 +36,22 @@ def private_runtime_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def _session_data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nst-data")
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(request, _session_data_dir, monkeypatch):
+    """Engines that tests start keep what they write to the data folder (the CPU precision
+    measured once, cpu-precision.json) in a session folder, not the user's; a test may set its
+    own NST_DATA_DIR. The GIMP tests have their own HOME, and the data folder in it."""
+    import os
+
+    if "gimp" not in request.node.path.parts and not os.environ.get("NST_DATA_DIR"):
+        monkeypatch.setenv("NST_DATA_DIR", str(_session_data_dir))
+
+
+@pytest.fixture(scope="session")
 def random_weights_file(tmp_path_factory) -> Path:
     """Random VGG19 weights, torchvision layout (features.N.*), seed 0 (~80 MB, made once)."""
     from nst_engine.testing import make_random_vgg19_file

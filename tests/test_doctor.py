@@ -58,3 +58,27 @@ def test_doctor_names_a_bad_weights_file(tmp_path, monkeypatch, capsys):
     rc, report = _run(capsys, weights=str(bad))
     assert rc == 1 and report["weights"]["ok"] is False
     assert str(bad) in report["weights"]["error"]
+
+
+def test_doctor_shows_the_cpu_precision_its_timings_and_why(tmp_path, monkeypatch, capsys):
+    from nst_engine import cpu_precision as CP
+
+    monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv(CP.ENV, raising=False)
+    monkeypatch.setattr(CP, "_memo", {})
+    monkeypatch.setattr(CP, "_round", lambda inputs, bf16: 0.004 if bf16 else 0.010)
+    c = _run(capsys)[1]["cpu_precision"]
+    assert (c["precision"], c["source"], c["fp32_ms"], c["bf16_ms"]) == (
+        "bfloat16", "measured", 10.0, 4.0)
+    assert "0.40x" in c["reason"]
+    monkeypatch.setattr(CP, "_memo", {})  # as a new process: from the cache
+    doctor.run(Namespace(weights=None, json=False))
+    text = capsys.readouterr().out
+    assert f"precision:   bfloat16 convolutions (measured {c['measured_at']}, cached in " in text
+    assert "float32 10.0 ms, bfloat16 4.0 ms" in text
+    assert "why: bfloat16 convolutions take 0.40x" in text
+
+    monkeypatch.setenv(CP.ENV, "0")
+    c = _run(capsys)[1]["cpu_precision"]
+    assert (c["precision"], c["source"]) == ("float32", "override")
