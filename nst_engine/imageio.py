@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,17 +76,31 @@ def read_image(path: str | os.PathLike) -> Image.Image:
     """An RGB or RGBA sRGB image from a file; ``InvalidInput`` naming the path otherwise."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a FIFO or a device would block or never end: not opened
+            raise InvalidInput(f"Cannot read image '{path}': it is not a regular file.",
+                               "Give the path of a PNG, JPEG or TIFF file.")
         raise InvalidInput(f"Image file not found: '{path}'.",
                            "Check the path; it must be an existing PNG, JPEG or TIFF file.")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # Pillow warns between its pixel limit and twice that, and refuses beyond: an image
+            # it opens is used, so its warning would only be noise on the terminal.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
             opened.load()
             img = ImageOps.exif_transpose(opened) or opened
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 img = _to_8bit(img)
             img = _to_srgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-            Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f" has {int(pixels.group(1)):,} pixels, which" if pixels else ""
+        raise InvalidInput(f"Cannot read image '{path}': it{size} is more than the "
+                           f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels this engine opens (a file "
+                           "this large is most likely a decompression bomb).",
+                           "Scale the image down in an image editor first.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InvalidInput(f"Cannot read image '{path}': {e}",
                            "Use a PNG, JPEG or TIFF file that other programs can open.") from e
     return img.convert("RGBA" if has_alpha(img) else "RGB")
@@ -97,6 +113,28 @@ def output_format(path: str | os.PathLike) -> tuple[str, dict]:
         raise InvalidInput(f"Cannot write '{path}': unsupported extension '{ext or '(none)'}'.",
                            "Name the output .png, .jpg, .jpeg, .tif or .tiff.")
     return WRITE_FORMATS[ext]
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Everything about the output path that can be known before computing: a known
+    extension, an existing folder we may create files in, not a folder itself."""
+    path = Path(path)
+    output_format(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InvalidInput(f"Cannot write '{path}': it is a folder.",
+                           "Give a file name, e.g. result.png, inside that folder.")
+    if not folder.is_dir():
+        raise InvalidInput(f"Cannot write '{path}': the folder '{folder}' does not exist.",
+                           "Create the folder first or choose another output path.")
+    try:  # the real test: permissions, ACLs, read-only mounts, a full disk's inodes
+        fd, probe = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InvalidInput(f"Cannot write '{path}': no new file can be made in '{folder}' "
+                           f"({e.strerror or e}).",
+                           "Choose a folder you can write to, or fix its permissions.") from None
 
 
 def _umask() -> int:
@@ -134,3 +172,25 @@ def write_image(img: Image.Image, path: str | os.PathLike) -> list[str]:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return notes
+
+
+def rescue_image(img: Image.Image, path: str | os.PathLike) -> Path | None:
+    """Save a finished result that could not go to ``path`` somewhere else: the temporary
+    folder, the home folder or the current one, under a new name (never over a file).
+    The place it went, or None when none would take it."""
+    path = Path(path)
+    fmt, options = output_format(path)
+    if fmt == "JPEG" and img.mode == "RGBA":
+        fmt, options = "PNG", WRITE_FORMATS[".png"][1]
+    suffix = path.suffix if fmt != "PNG" or path.suffix.lower() == ".png" else ".png"
+    for folder in (tempfile.gettempdir(), Path.home(), Path.cwd()):
+        where = None
+        try:
+            fd, where = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=suffix, dir=folder)
+            with os.fdopen(fd, "wb") as f:
+                img.save(f, format=fmt, **options)
+            return Path(where)
+        except (OSError, ValueError):
+            if where is not None and os.path.exists(where):
+                os.unlink(where)  # half a file is no rescue
+    return None

@@ -7,7 +7,7 @@ import time
 from typing import Any, TextIO
 
 from .errors import InvalidInput
-from .imageio import output_format, read_image, write_image
+from .imageio import check_output, read_image, rescue_image, write_image
 
 UNVERIFIED_NOTICE = ("results made with unverified/random weights are not real style transfer "
                      "quality")
@@ -68,10 +68,23 @@ def _params(args: Any):
     return resolve(args.preset, {k: v for k, v in overrides.items() if v is not None})
 
 
+def _write_or_rescue(result, output) -> list[str]:
+    """Write the result; when that fails after all (the folder changed while computing, the
+    disk filled up), save it elsewhere and say where: a finished run is never lost."""
+    try:
+        return write_image(result, output)
+    except InvalidInput as e:
+        rescued = rescue_image(result, output)
+        if rescued is None:
+            raise
+        raise InvalidInput(f"{e.message} The finished result was saved to '{rescued}' "
+                           "instead.", f"Move it where you want it. {e.hint}") from None
+
+
 def run(args: Any) -> int:
     err = sys.stderr
     params = _params(args)
-    output_format(args.output)  # a bad extension fails now, not after the optimisation
+    check_output(args.output)  # a bad extension or folder fails now, not after the optimisation
     blend = parse_style_weights(args.style_weights, len(args.style))
     content = read_image(args.content)
     styles = [(read_image(path), w) for path, w in zip(args.style, blend)]
@@ -94,7 +107,7 @@ def run(args: Any) -> int:
     finally:
         if bar is not None:
             bar.close()
-    for note in write_image(result, args.output):
+    for note in _write_or_rescue(result, args.output):
         print(f"note: {note}", file=err)
     if not args.quiet:
         print(f"wrote {args.output} ({result.width}x{result.height}, {device.type}, "

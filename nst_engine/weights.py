@@ -330,6 +330,9 @@ def load_weights(path: str | os.PathLike | None = None, *, kind: str | None = No
     if p.is_dir():
         raise WeightsInvalid(f"{p} is a folder, not a weights file.",
                              "Pass the .pth file itself to --weights.")
+    if not p.is_file():  # a FIFO would block reading forever, a device never end
+        raise WeightsInvalid(f"{p} is not a regular file (a pipe, device or socket), so it was "
+                             "not read.", "Pass the .pth file itself to --weights.")
     data = _torch_load(p)
     if not isinstance(data, dict):
         raise WeightsInvalid(f"{p} holds a {type(data).__name__}, not a state dict of tensors.",
