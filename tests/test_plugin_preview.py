@@ -4,6 +4,7 @@ real engine are covered by tests/gimp/test_preview_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import queue
 import sys
 import threading
@@ -225,8 +226,8 @@ def test_crop_rgba_takes_the_shown_region():
 
 
 def test_dump_writes_pixels_then_description(tmp_path):
-    nst_preview.dump_preview(str(tmp_path), 3, 2, 1, b"12345678", {"preset": "quick"})
-    assert (tmp_path / "preview-003.rgba").read_bytes() == b"12345678"
-    import json
-    meta = json.loads((tmp_path / "preview-003.json").read_text())
-    assert meta == {"index": 3, "width": 2, "height": 1, "settings": {"preset": "quick"}}
+    nst_preview.dump_preview(str(tmp_path), 1, 1, b"abcd", {"preset": "balanced"})
+    nst_preview.dump_preview(str(tmp_path), 2, 1, b"12345678", {"preset": "quick"})
+    assert (tmp_path / "preview-002.rgba").read_bytes() == b"12345678"
+    meta = json.loads((tmp_path / "preview-002.json").read_text())
+    assert meta == {"index": 2, "width": 2, "height": 1, "settings": {"preset": "quick"}}

@@ -224,9 +224,11 @@ class PreviewWorker:
             self._drop_client()
 
 
-def dump_preview(folder, index, width, height, data, settings):
-    """The test hook (DUMP_ENV): one finished preview as raw RGBA plus its JSON description."""
+def dump_preview(folder, width, height, data, settings):
+    """The test hook (DUMP_ENV): one finished preview as raw RGBA plus its JSON description,
+    numbered on from the previews already there (an earlier dialog's too)."""
     os.makedirs(folder, exist_ok=True)
+    index = 1 + sum(1 for n in os.listdir(folder) if n.endswith(".json"))
     base = os.path.join(folder, f"preview-{index:03d}")
     with open(base + ".rgba", "wb") as f:
         f.write(data)
@@ -258,7 +260,6 @@ class PreviewPane:
         self._shown = None        # settings of the preview on screen
         self._timer = None
         self._closed = False
-        self._dumped = 0
         self._dump_dir = os.environ.get(DUMP_ENV) or None
         self._worker = PreviewWorker(make_client, self._from_worker)
         self.widget = self._build_widgets()
@@ -417,8 +418,7 @@ class PreviewPane:
         self._shown = job.settings
         self._say(f"Preview of the region to repaint ({w}×{h} px).")
         if self._dump_dir:
-            self._dumped += 1
-            dump_preview(self._dump_dir, self._dumped, w, h, data, job.settings)
+            dump_preview(self._dump_dir, w, h, data, job.settings)
 
     # ------------------------------------------------------------------ the end
 

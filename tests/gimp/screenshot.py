@@ -31,12 +31,13 @@ def main(argv: list[str]) -> int:
                                 NST_PREVIEW_MODE="shot",
                                 NST_PREVIEW_DUMP_DIR=f"{session.work}/previews",
                                 NST_E2E_SCRIPTS=f"{session.src}/tests/gimp/scripts")
-        shot = tree.host_path(f"{session.work}/dialog-shot.json.png")
-        if found.get("driver", {}).get("capture_rc") != 0 or not shot.is_file():
+        shot = tree.host_path(f"{session.work}/dialog-shot.json.shot.png")
+        dialog = found.get("shot", {})
+        if dialog.get("driver", {}).get("capture_rc") != 0 or not shot.is_file():
             print(f"no picture of the dialog: {found}\n{session.log[-1]}", file=sys.stderr)
             return 1
         shutil.copyfile(shot, out)
-        print(f"wrote {out} (dialog closed with: {found.get('status')}; the preview is made "
+        print(f"wrote {out} (dialog closed with: {dialog.get('status')}; the preview is made "
               "with random weights)")
         return 0
     finally:

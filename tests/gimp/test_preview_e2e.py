@@ -1,12 +1,16 @@
 """The dialog's preview in GIMP's GUI (Xvfb), 3.0.4 and 3.2.6.
 
 scripts/gui_preview.py opens the Style Transfer dialog interactively over a photo and a painting
-layer; scripts/gui_preview_driver.py plays the user through X (xdotool): it waits for the
-automatic preview, types a new strength, waits for the preview to be redone, then presses
-Escape (Cancel). How the test sees the previews (decision): the plug-in's test hook
-NST_PREVIEW_DUMP_DIR makes the dialog write every finished preview there as raw RGBA plus a JSON
-description (size and the settings it was made with). A screenshot crop would depend on the
-theme, scaling and the checkerboard; the dump is exactly the pixels the pane shows.
+layer; scripts/gui_preview_driver.py plays the user through X (xdotool). First dialog: it types a
+lower Iterations (6: a short test; typed while the automatic preview is on its way, it also
+cancels that one), waits for the preview, types a new strength, waits for the preview to be
+redone, then presses Escape (Cancel). Second dialog: it types a tiny schedule, waits for a
+preview and presses OK: the run must succeed on the preview's engine.
+
+How the test sees the previews (decision): the plug-in's test hook NST_PREVIEW_DUMP_DIR makes the
+dialog write every finished preview there as raw RGBA plus a JSON description (size and the
+settings it was made with). A screenshot crop would depend on the theme, scaling and the
+checkerboard; the dump is exactly the pixels the pane shows, and says which settings made it.
 Random weights: this proves the plumbing and the behaviour, not the pictures' quality.
 """
 
@@ -18,35 +22,48 @@ pytestmark = pytest.mark.gimp
 
 
 @pytest.fixture(scope="module")
-def preview(gimp):
+def gui(gimp):
     dump = f"{gimp.work}/previews"
-    found = gimp.run_gui("gui_preview.py", "gui preview", timeout=900,
+    found = gimp.run_gui("gui_preview.py", "gui preview", timeout=1200,
                          NST_PREVIEW_MODE="test", NST_PREVIEW_DUMP_DIR=dump,
                          NST_E2E_SCRIPTS=f"{gimp.src}/tests/gimp/scripts")
     assert "exception" not in found, found["exception"]
-    found["pixels"] = [gimp.tree.host_path(f"{dump}/preview-{p['index']:03d}.rgba").read_bytes()
-                       for p in found.get("driver", {}).get("previews", [])]
+    found["dump"] = dump
     return found
 
 
-def test_a_preview_appears_without_pressing_anything(preview):
+@pytest.fixture(scope="module")
+def preview(gui, gimp):
+    """The first dialog: previews, a changed setting, Cancel."""
+    found = gui["cancel"]
+    found["before"] = gui["before"]
+    found["pixels"] = [gimp.tree.host_path(f"{gui['dump']}/preview-{p['index']:03d}.rgba")
+                       .read_bytes() for p in found["driver"].get("previews", [])]
+    return found
+
+
+def test_the_preview_is_the_region_with_the_dialogs_settings(preview):
     previews = preview["driver"]["previews"]
     assert previews, f"no preview was shown: {preview['driver']['log']}"
     first = previews[0]
     # The whole 640x400 photo (no selection), at the preview's size.
     assert (first["width"], first["height"]) == (256, 160)
     assert len(preview["pixels"][0]) == 256 * 160 * 4
+    assert first["settings"]["preset"] == "balanced"
     assert first["settings"]["overrides"]["strength"] == 1.0
+    # The preview's own schedule, under the Iterations typed into the dialog.
     assert first["settings"]["overrides"]["max_size"] == 256
+    assert first["settings"]["overrides"]["iterations"] == 6, preview["driver"]["log"]
 
 
 def test_changing_a_setting_redoes_the_preview(preview):
     previews = preview["driver"]["previews"]
     assert len(previews) >= 2, f"the preview was not redone: {preview['driver']['log']}"
-    last = previews[-1]
-    assert last["settings"]["overrides"]["strength"] == 8.0
-    # Same seed (the dialog's), same region: only the strength differs, and the pixels do.
-    assert last["settings"]["overrides"]["seed"] == previews[0]["settings"]["overrides"]["seed"]
+    first, last = previews[0]["settings"], previews[-1]["settings"]
+    assert last["overrides"]["strength"] == 8.0
+    # Same seed (the dialog's), region and steps: only the strength differs, and the pixels do.
+    assert {**last["overrides"], "strength": 1.0} == first["overrides"]
+    assert {**last, "overrides": None} == {**first, "overrides": None}
     first_px, last_px = preview["pixels"][0], preview["pixels"][-1]
     assert len(first_px) == len(last_px)
     changed = sum(a != b for a, b in zip(first_px, last_px)) / len(first_px)
@@ -61,6 +78,16 @@ def test_cancel_leaves_the_image_as_it_was(preview):
     assert not before["dirty"] and not after["dirty"]
 
 
-def test_no_engine_or_gimp_process_is_left(preview):
-    assert preview["procs"] == [], preview["procs"]
-    assert preview["runner_rc"] == 0, "GIMP did not quit by itself"
+def test_ok_runs_the_full_job_on_the_previews_engine(gui):
+    ok = gui["ok"]
+    assert ok["driver"].get("pressed_ok"), ok["driver"]["log"]
+    assert ok["status"] == "success", ok.get("message")
+    names = [lay["name"] for lay in ok["after"]["layers"]]
+    assert names == ["Painting", "Style Transfer: balanced (Painting)", "Photo"], names
+    # One engine start in this dialog's life: the preview's, handed to the run on OK.
+    assert ok["engine_log"].count("starting engine") == 1, ok["engine_log"]
+
+
+def test_no_engine_or_gimp_process_is_left(gui):
+    assert gui["procs"] == [], gui["procs"]
+    assert gui["runner_rc"] == 0, "GIMP did not quit by itself"

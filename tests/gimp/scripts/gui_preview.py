@@ -1,11 +1,12 @@
 # Runs inside GIMP's GUI (gui_run.py: gimp-3.x under Xvfb, python-fu-eval): opens the Style
 # Transfer dialog over an image with a photo layer and a painting layer, photo selected, and lets
-# gui_preview_driver.py (a helper process working the dialog through X: xdotool) do the rest:
-#   NST_PREVIEW_MODE=test  wait for a preview, change the strength, wait for the new preview,
-#                          press Escape (Cancel);
+# gui_preview_driver.py (a helper process working the dialog through X: xdotool) do the rest.
+#   NST_PREVIEW_MODE=test  the dialog twice: "cancel" (previews with a changed setting, then
+#                          Escape) and "ok" (a tiny run after a preview, OK);
 #   NST_PREVIEW_MODE=shot  wait for a preview, capture the dialog (docs/dialog.png), Escape.
 # The plug-in writes every finished preview to $NST_PREVIEW_DUMP_DIR (its test hook). This side
-# records the image before and after the dialog into $NST_E2E_OUT; the test asserts on it.
+# records the image before and after each dialog, and the engine log's new lines, into
+# $NST_E2E_OUT; the test asserts on it.
 import hashlib
 import json
 import math
@@ -76,6 +77,39 @@ def snapshot(image):
     return {"layers": layers, "dirty": image.is_dirty()}
 
 
+def engine_log():
+    """The engine log's text (the client appends a "starting engine" line per engine start)."""
+    path = os.path.join(os.environ["HOME"], ".local", "share", "nst-style-transfer", "logs",
+                        "engine.log")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def dialog(image, photo, mode, name):
+    """Open the dialog with the driver working it in ``mode``; record what came of it."""
+    global driver
+    log_before = len(engine_log())
+    driver = subprocess.Popen(["python3", DRIVER, mode, f"{OUT}.{name}"])
+    proc = Gimp.get_pdb().lookup_procedure("plug-in-nst-style-transfer")
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+    cfg.set_property("image", image)
+    cfg.set_core_object_array("drawables", [photo])
+    res = proc.run(cfg)
+    found = {"status": res.index(0).value_nick,
+             "message": res.index(1) if res.length() > 1 else None,
+             "after": snapshot(image)}
+    driver.wait(30)
+    found["driver_rc"] = driver.returncode
+    with open(f"{OUT}.{name}.driver.json") as f:
+        found["driver"] = json.load(f)
+    found["engine_log"] = engine_log()[log_before:]
+    results[name] = found
+
+
 T0 = time.monotonic()
 image = display = driver = None
 try:
@@ -90,21 +124,11 @@ try:
     display = Gimp.Display.new(image)
     Gimp.displays_flush()
     results["before"] = snapshot(image)
-    driver = subprocess.Popen(["python3", DRIVER, os.environ.get("NST_PREVIEW_MODE", "test"),
-                               OUT])
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-nst-style-transfer")
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-    cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", [photo])
-    res = proc.run(cfg)
-    results["status"] = res.index(0).value_nick
-    results["message"] = res.index(1) if res.length() > 1 else None
-    results["after"] = snapshot(image)
-    driver.wait(30)
-    results["driver_rc"] = driver.returncode
-    with open(OUT + ".driver.json") as f:
-        results["driver"] = json.load(f)
+    if os.environ.get("NST_PREVIEW_MODE") == "shot":
+        dialog(image, photo, "shot", "shot")
+    else:
+        dialog(image, photo, "cancel", "cancel")
+        dialog(image, photo, "ok", "ok")
 except Exception:
     results["exception"] = traceback.format_exc()
 finally:

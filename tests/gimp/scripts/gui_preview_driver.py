@@ -2,7 +2,7 @@
 # XTest key presses; no window manager under Xvfb, so the dialog is raised and focused
 # directly) and watches the previews the plug-in writes to $NST_PREVIEW_DUMP_DIR. Writes what it
 # did and saw to OUT.driver.json.
-#   usage: gui_preview_driver.py test|shot OUT
+#   usage: gui_preview_driver.py shot|cancel|ok OUT
 import glob
 import json
 import os
@@ -14,8 +14,9 @@ MODE, OUT = sys.argv[1], sys.argv[2]
 DUMP = os.environ["NST_PREVIEW_DUMP_DIR"]
 #: A cold engine start plus a preview on a loaded 2-core machine fits well within these.
 FIRST_PREVIEW_S, NEXT_PREVIEW_S = 240.0, 180.0
-#: The strength the test sets (the dialog opens with the default, 1).
-NEW_STRENGTH = "8"
+#: What the test types: the dialog opens with the defaults (iterations 0 = the preset's,
+#: strength 1).
+TEST_ITERATIONS, NEW_STRENGTH = "6", "8"
 T0 = time.monotonic()
 found = {"log": []}
 
@@ -50,10 +51,6 @@ def wait_for(test, seconds, what):
     return None
 
 
-def strength_of(p):
-    return p["settings"]["overrides"].get("strength")
-
-
 def capture(window, path):
     x("windowraise", window)
     time.sleep(1.5)  # let the raised window repaint
@@ -63,30 +60,55 @@ def capture(window, path):
     log(f"capture {path}: rc {done.returncode} {done.stderr.strip()[:200]}")
 
 
+def set_field(window, mnemonic, value, wanted, what, waits):
+    """Type ``value`` into the field whose label has ``mnemonic`` (Alt+key puts the focus in
+    it; the new value is typed over the old; Tab leaves the field, committing it), then wait
+    for a preview that ``wanted`` accepts. Typing a value is idempotent, so a key press GIMP
+    missed is sent again after each of ``waits`` (seconds) but the last."""
+    for wait in waits:
+        x("windowfocus", window, "key", "--delay", "80", mnemonic, "ctrl+a")
+        x("type", "--delay", "80", value)
+        x("key", "--delay", "80", "Tab")
+        done = wait_for(lambda: [p for p in previews() if wanted(p)], wait, what)
+        if done:
+            return done
+    return None
+
+
+def overrides(p):
+    return p["settings"]["overrides"]
+
+
 try:
     window = x("search", "--sync", "--name", "^Style Transfer$").split("\n")[0]
     found["window"] = window
     x("windowraise", window)
-    first = wait_for(previews, FIRST_PREVIEW_S, "first preview")
-    if first and MODE == "shot":
+    if MODE == "shot":
+        if wait_for(previews, FIRST_PREVIEW_S, "first preview"):
+            capture(window, OUT + ".png")
+    elif MODE == "cancel":
+        # Fewer steps keep the test short; typed while the automatic preview is on its way,
+        # it also cancels that one (a setting changed).
+        first = set_field(window, "alt+i", TEST_ITERATIONS,
+                          lambda p: overrides(p)["iterations"] == int(TEST_ITERATIONS),
+                          "preview with fewer steps", (60.0, FIRST_PREVIEW_S, FIRST_PREVIEW_S))
+        if first:
+            set_field(window, "alt+n", NEW_STRENGTH,
+                      lambda p: overrides(p)["strength"] == float(NEW_STRENGTH),
+                      "preview with new strength", (30.0, NEXT_PREVIEW_S, NEXT_PREVIEW_S))
         capture(window, OUT + ".png")
-    elif first:
-        # Stre_ngth: Alt+N puts the focus in the field; the new value is typed over the old,
-        # Tab leaves the field (committing it). Typing a value is idempotent, so a key press
-        # GIMP missed is sent again.
-        for attempt in range(3):
-            x("windowfocus", window, "key", "--delay", "80", "alt+n", "ctrl+a")
-            x("type", "--delay", "80", NEW_STRENGTH)
-            x("key", "--delay", "80", "Tab")
-            redone = wait_for(lambda: [p for p in previews()
-                                       if strength_of(p) == float(NEW_STRENGTH)],
-                              NEXT_PREVIEW_S if attempt else 30.0, "preview with new strength")
-            if redone:
-                break
-        capture(window, OUT + ".png")
+    else:  # ok: a tiny full run, once the preview has started its engine
+        if set_field(window, "alt+x", "64", lambda p: overrides(p)["max_size"] == 64,
+                     "preview at 64 px", (60.0, FIRST_PREVIEW_S, FIRST_PREVIEW_S)):
+            if set_field(window, "alt+i", "2", lambda p: overrides(p)["max_size"] == 64
+                         and overrides(p)["iterations"] == 2,
+                         "preview with 2 steps", (30.0, NEXT_PREVIEW_S, NEXT_PREVIEW_S)):
+                x("windowfocus", window, "key", "alt+o")  # _OK
+                found["pressed_ok"] = True
     found["previews"] = previews()
 finally:
-    # Cancel: Escape in a dialog is its Cancel button.
-    x("windowfocus", found.get("window") or "0", "key", "Escape")
+    if not found.get("pressed_ok"):
+        # Cancel: Escape in a dialog is its Cancel button.
+        x("windowfocus", found.get("window") or "0", "key", "Escape")
     with open(OUT + ".driver.json", "w") as f:
         json.dump(found, f, indent=1)
