@@ -71,6 +71,12 @@ def run_installer(checkout: Path, env: dict[str, str], *args: str, prefix: tuple
                           stdin=subprocess.DEVNULL)
 
 
+#: What runtimes started by the installer (its self-check imports torch) write into a home of
+#: their own accord, e.g. CUDA's ~/.nv/ComputeCache: not the installer's doing, so the tests that
+#: compare a home before and after leave them out.
+RUNTIME_CACHES = (".nv", ".cache", ".triton")
+
+
 def snapshot(root: Path, with_times: bool = False, skip: tuple[str, ...] = ()) -> dict:
     """Every path under ``root``: kind, mode, contents' hash or link target (and mtime)."""
     out = {}
@@ -122,7 +128,7 @@ def inst(tmp_path_factory, random_weights_file) -> Setup:
     s.flatpak.mkdir(parents=True)
     s.custom = base / "custom-profile"          # for --gimp-dir, later
     (s.custom / "plug-ins").mkdir(parents=True)
-    s.before = {p: snapshot(p) for p in (s.home, s.custom)}
+    s.before = {p: snapshot(p, skip=RUNTIME_CACHES) for p in (s.home, s.custom)}
     s.weights_src = random_weights_file
     s.args = ("--python", sys.executable, "--weights", str(random_weights_file))
     s.first = run_installer(s.checkout, s.env, *s.args)
@@ -194,10 +200,10 @@ def test_flatpak_profile_gets_a_sandbox_config_that_starts_the_engine_on_the_hos
 
 def test_second_run_changes_nothing(inst):
     roots = (inst.home, inst.config, inst.data)
-    before = [snapshot(r, with_times=True, skip=("logs",)) for r in roots]
+    before = [snapshot(r, with_times=True, skip=("logs", *RUNTIME_CACHES)) for r in roots]
     res = run_installer(inst.checkout, inst.env, *inst.args)
     assert res.returncode == 0, _out(res)
-    after = [snapshot(r, with_times=True, skip=("logs",)) for r in roots]
+    after = [snapshot(r, with_times=True, skip=("logs", *RUNTIME_CACHES)) for r in roots]
     assert after == before
     out = _out(res)
     assert "is up to date" in out and "is in place" in out and "written" not in out
@@ -288,10 +294,15 @@ def test_uninstall_leaves_every_profile_as_it_was(inst):
     presets = inst.config / "presets"
     presets.mkdir()
     (presets / "mine.yaml").write_text("name: mine\n")     # the user's own: must stay
+    # What the CUDA runtime writes on a GPU machine when the self-check loads torch: not the
+    # installer's, so neither installed nor uninstalled by it.
+    (inst.home / ".nv" / "ComputeCache").mkdir(parents=True, exist_ok=True)
+    (inst.home / ".nv" / "ComputeCache" / "index").write_bytes(b"cuda")
     res = run_installer(inst.checkout, inst.env, "--uninstall")
     out = _out(res)
     assert res.returncode == 0, out
-    assert snapshot(inst.home) == inst.before[inst.home]
+    assert snapshot(inst.home, skip=RUNTIME_CACHES) == inst.before[inst.home]
+    assert (inst.home / ".nv" / "ComputeCache" / "index").read_bytes() == b"cuda"
     assert snapshot(inst.custom) == inst.before[inst.custom]
     assert not inst.data.exists()
     assert sorted(p.name for p in inst.config.iterdir()) == ["presets"]
