@@ -7,11 +7,15 @@ without loading PyTorch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .vgg_layers import FEATURE_LAYERS
+
+#: ``full_resolution`` values (see its doc below).
+FULL_RESOLUTION_CHOICES = ("gpu", "always", "never")
 
 
 def _key(default: Any, doc: str, *, kind: type | tuple[type, ...], lo: float | None = None,
@@ -28,11 +32,20 @@ def _key(default: Any, doc: str, *, kind: type | tuple[type, ...], lo: float | N
 
 @dataclass(frozen=True)
 class StyleParams:
-    max_size: int = _key(512, "longest side, in px, of the last (finest) pyramid level",
-                         kind=int, lo=64, hi=8192)
+    max_size: int = _key(512, "longest side, in px, of the last (finest) pyramid level (see "
+                         "full_resolution)", kind=int, lo=64, hi=8192)
+    full_resolution: str = _key(
+        "gpu", "when the finest level is the image's own size instead of max_size: gpu = on "
+        "CUDA/MPS, as large as fits in memory without tiles; always = on every device, in "
+        "tiles beyond memory; never = max_size everywhere (an explicit max_size means never)",
+        kind=str, choices=FULL_RESOLUTION_CHOICES)
+    tile_size: int | None = _key(None, "longest side, in px, of the tiles a level too large "
+                                 "for memory runs in; null = chosen from the memory budget",
+                                 kind=int, lo=64, hi=32768, nullable=True)
     levels: int = _key(3, "pyramid levels; each is half the size of the next, coarsest first",
                        kind=int, lo=1, hi=6)
-    iterations: int = _key(300, "optimiser steps in all, split evenly over the levels",
+    iterations: int = _key(300, "optimiser steps in all, split evenly over the levels (each "
+                           "level added above max_size gets as many as one of them)",
                            kind=int, lo=1, hi=20000)
     optimizer: str = _key("adam", "adam (iterate-averaged) or lbfgs", kind=str,
                           choices=("adam", "lbfgs"))
@@ -69,18 +82,24 @@ class StyleParams:
         """A copy with the given fields replaced; ``None`` values mean "keep this one"."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
-    def level_sizes(self) -> list[int]:
-        """Longest side of each pyramid level, coarsest first (never below 64 px)."""
-        sizes = [max(64, round(self.max_size / 2 ** i)) for i in range(self.levels)]
-        return sorted(set(sizes))
+    def level_sizes(self, finest: int | None = None) -> list[int]:
+        """Longest side of each pyramid level, coarsest first (never below 64 px).
 
-    def level_iterations(self) -> list[int]:
-        """Steps per level: ``iterations`` split evenly, the remainder going to the finest."""
-        n = len(self.level_sizes())
-        base, extra = divmod(self.iterations, n)
-        steps = [base] * n
-        steps[-1] += extra
-        return steps
+        ``finest`` (default ``max_size``) larger than ``max_size`` adds a level per doubling,
+        so the coarsest level stays about the preset's coarsest: where the style is laid out.
+        """
+        finest = finest or self.max_size
+        added = max(0, round(math.log2(finest / self.max_size)))
+        sizes = sorted({max(64, round(finest / 2 ** i)) for i in range(self.levels + added)})
+        # A level raised to the 64 px floor right under the next adds steps but no coarseness.
+        return [s for s, bigger in zip(sizes, sizes[1:]) if bigger >= 1.5 * s] + sizes[-1:]
+
+    def level_iterations(self, finest: int | None = None) -> list[int]:
+        """Steps per level: ``iterations`` split evenly over the preset's levels, the remainder
+        going to the finest; each level added for a larger ``finest`` gets one level's share."""
+        n, m = len(self.level_sizes()), len(self.level_sizes(finest))
+        base, extra = divmod(self.iterations, min(n, m))
+        return [base] * (m - 1) + [base + extra]
 
 
 #: Field name -> dataclass field, for validation and docs.

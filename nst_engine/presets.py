@@ -184,7 +184,18 @@ def resolve(name: str | None = None, overrides: Mapping[str, Any] | None = None,
         if problem:
             raise InvalidInput(f"The setting '{key}' {problem}.", _HINT_SETTINGS)
         values[key] = checked
+    if (overrides or {}).get("max_size") is not None:
+        values["full_resolution"] = "never"  # a size asked for is the size, on every device
     return StyleParams(**values)
+
+
+def check_params(params: StyleParams) -> None:
+    """Every field within its type and range, as a preset's would be: for StyleParams built
+    in Python (the API), which no preset file or override check has seen. InvalidInput."""
+    for key, spec in PARAM_FIELDS.items():
+        problem, _ = _check_value(spec.metadata, getattr(params, key), plain=False)
+        if problem:
+            raise InvalidInput(f"The setting '{key}' {problem}.", _HINT_SETTINGS)
 
 
 def resolved_values(pset: PresetSet, name: str) -> dict[str, Any]:
@@ -459,7 +470,7 @@ def _check_value(meta: Mapping[str, Any], value: Any, *, plain: bool) -> tuple[s
 
 
 def _check_layers(value: Any) -> tuple[str | None, Any]:
-    if not isinstance(value, dict) or not value:
+    if not isinstance(value, Mapping) or not value:
         return ("must map layer names to weights, e.g. {relu4_2: 1.0}, not "
                 f"{_shown(value)}"), None
     out: dict[str, float] = {}

@@ -15,6 +15,10 @@ class Progress:
     elapsed: float  # seconds since stylize() started
     eta: float | None = None  # seconds left, once it can be estimated
     losses: dict[str, float] = field(default_factory=dict)  # "content", "style", "tv", "total"
+    width: int = 0  # the size the current level works at, px (0 before optimisation starts)
+    height: int = 0
+    tiles: int = 0  # tiles the current level runs in (0 = the whole image at once)
+    note: str | None = None  # an event the user should see, e.g. an out-of-memory retry
 
     @property
     def fraction(self) -> float:

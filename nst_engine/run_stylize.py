@@ -62,7 +62,10 @@ def _clock(seconds: float) -> str:
 def _params(args: Any):
     from .presets import resolve
 
-    overrides = {"max_size": args.max_size, "iterations": args.iterations,
+    full = args.max_size == "full"
+    overrides = {"max_size": None if full else args.max_size,
+                 "full_resolution": "always" if full else None,
+                 "tile_size": args.tile, "iterations": args.iterations,
                  "strength": args.strength, "preserve_colors": args.preserve_colors,
                  "seed": args.seed}
     return resolve(args.preset, {k: v for k, v in overrides.items() if v is not None})

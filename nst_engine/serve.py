@@ -473,7 +473,8 @@ class _Server:
         from .presets import resolve
         from .transfer import stylize
 
-        images = [Image.frombytes("RGBA", (im["width"], im["height"]), bytes(data))
+        # Straight from the payload's memory (no extra copy: 48 MB for a 12 MP layer).
+        images = [Image.frombytes("RGBA", (im["width"], im["height"]), data)
                   for im, data in wire.split_images(h, payload)]
         weights = [im.get("weight") for im in h["images"]]
         params = resolve(h.get("preset"), h.get("overrides") or {})
@@ -485,7 +486,8 @@ class _Server:
                       params=params, device=device, weights=self.args.weights,
                       progress=progress, cancel=cancel)
         progress.flush()
-        out = out.convert("RGBA")
+        if out.mode != "RGBA":
+            out = out.convert("RGBA")
         if out.size != images[0].size:
             raise RuntimeError(f"stylize returned {out.size} for content {images[0].size}")
         return out

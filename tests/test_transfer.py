@@ -204,3 +204,53 @@ def test_tiny_and_thin_images_work(random_weights_file):
     assert out.size == (20, 12)
     out, _ = _run(random_weights_file, content=_content(300, 8), iterations=2)
     assert out.size == (300, 8)
+
+
+# ---------------------------------------------------------------- the loop that does not wait
+
+def _read_back_every(monkeypatch, steps: int) -> None:
+    """Make the CPU loop behave like the GPU's: losses read only every ``steps`` steps."""
+    monkeypatch.setitem(stylize_module.READBACK_STEPS, "cpu", steps)
+    monkeypatch.setattr(stylize_module, "READBACK_SECONDS", 1e9)
+
+
+def test_losses_are_read_back_every_n_steps_and_at_the_end(random_weights_file, monkeypatch):
+    _read_back_every(monkeypatch, 4)
+    _, records = _run(random_weights_file, iterations=10)
+    opt = [r for r in records if r.stage == "optimizing"]
+    assert [r.iteration for r in opt] == [4, 8, 10]
+    assert all(np.isfinite(r.losses["total"]) for r in opt)
+
+
+def test_a_nan_stops_the_loop_within_n_steps(random_weights_file, monkeypatch):
+    _read_back_every(monkeypatch, 5)
+    calls = []
+    real = TVLoss.forward
+
+    def tv(self, img):
+        calls.append(1)
+        out = real(self, img)
+        return out * float("nan") if len(calls) >= 3 else out
+    monkeypatch.setattr(TVLoss, "forward", tv)
+    with pytest.raises(NumericalError) as err:
+        _run(random_weights_file, iterations=50)
+    assert "step 3" in err.value.message  # the first bad step, found in the buffer
+    assert len(calls) == 5  # stopped at the first read after it, not at the level's end
+
+
+def test_cancel_stops_the_loop_at_the_next_step_between_reads(random_weights_file, monkeypatch):
+    _read_back_every(monkeypatch, 1000)
+    event = threading.Event()
+    calls = []
+    real = stylize_module._Objective.__call__
+
+    def objective(self, img):
+        calls.append(1)
+        if len(calls) == 3:
+            event.set()
+        return real(self, img)
+    monkeypatch.setattr(stylize_module._Objective, "__call__", objective)
+    with pytest.raises(Cancelled):
+        stylize(content=_content(), styles=[(_style(), 1.0)], params=_params(iterations=50),
+                device="cpu", weights=random_weights_file, cancel=event)
+    assert len(calls) == 3

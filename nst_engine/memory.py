@@ -1,0 +1,144 @@
+"""The memory model: what one pyramid level needs per pixel, and what the device can give.
+
+A level's peak is about ``bytes_per_pixel * pixels`` on top of what was allocated before it
+(the model, the images): VGG19's activations up to relu5_1 kept for the backward pass, their
+gradients, the loss features in float32, Adam's two moments and the running average. The
+figures below were measured, not derived: ``benchmarks/bench_tiles.py --calibrate`` runs one
+level at several sizes in fresh processes and fits the growth of the peak resident memory per
+pixel. On CUDA the engine also measures each level it runs (``max_memory_allocated``) and
+uses the larger of that and the table from then on, in this process.
+
+The budget is what a level may use: on CUDA a share of the free device memory
+(``torch.cuda.mem_get_info`` plus what torch's cache holds unused), on MPS a share of the
+recommended working set, on the CPU a share of the available RAM; ``NST_MEMORY_BUDGET_MB``
+sets it outright (tests, shared machines).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import torch
+
+#: Environment variable: the memory budget of one level in MiB, on any device.
+BUDGET_ENV = "NST_MEMORY_BUDGET_MB"
+#: Share of the free memory a level may plan to use: the rest is for fragmentation, other
+#: programs and the estimate's error.
+BUDGET_SHARE = {"cuda": 0.85, "mps": 0.6, "cpu": 0.5}
+#: Bytes per pixel of one optimisation step at a level, by convolution precision (key:
+#: ``str(dtype)`` of the autocast dtype, "float32" without autocast). Measured on the CPU
+#: (2-core Xeon, torch 2.14, 256-1024 px: float32 2500, bfloat16 1630-1840; see
+#: benchmarks/README.md, "Memory model"), rounded up. The CUDA figures are the same graph; the
+#: engine measures them per level as it runs.
+BYTES_PER_PIXEL = {"float32": 2600.0, "torch.bfloat16": 1900.0, "torch.float16": 1900.0}
+#: What a level needs besides its pixels: the model, the style targets, oneDNN's bf16 weight
+#: copies (measured: 80-250 MB at 256 px).
+FIXED_BYTES = 256 << 20
+#: A forward pass without gradients (the style image's statistics) needs this share of it.
+NO_GRAD_SHARE = 0.35
+#: The smallest budget a measurement gives (a nearly full device still gets minimal tiles).
+MIN_BUDGET = FIXED_BYTES + (64 << 20)
+
+#: Levels smaller than this (pixels) are not used to correct the table.
+OBSERVE_MIN_PIXELS = 1 << 20
+
+_observed: dict[tuple[str, str], float] = {}
+_observed_lock = threading.Lock()
+
+
+def _precision(amp: torch.dtype | None) -> str:
+    return "float32" if amp is None else str(amp)
+
+
+def bytes_per_pixel(device: torch.device, amp: torch.dtype | None) -> float:
+    """The table's figure, or the larger figure measured in this process on this device."""
+    key = (str(device), _precision(amp))
+    table = BYTES_PER_PIXEL.get(key[1], BYTES_PER_PIXEL["float32"])
+    with _observed_lock:
+        return max(table, _observed.get(key, 0.0))
+
+
+def observe(device: torch.device, amp: torch.dtype | None, pixels: int, peak: int) -> None:
+    """Record a level's measured peak (bytes above what was allocated before it)."""
+    if pixels < OBSERVE_MIN_PIXELS or peak <= 0:
+        return  # on small levels the fixed part would pass for a per-pixel cost
+    key = (str(device), _precision(amp))
+    with _observed_lock:
+        _observed[key] = max(_observed.get(key, 0.0), peak / pixels)
+
+
+def _cpu_available() -> int:
+    """Available RAM in bytes (Linux: MemAvailable; elsewhere free physical pages)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 4 << 30  # unknown: assume a small machine
+
+
+def _device_free(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # Blocks torch's caching allocator holds but does not use are free to us too.
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        mps = getattr(torch, "mps", None)
+        recommended = getattr(mps, "recommended_max_memory", None)
+        allocated = getattr(mps, "driver_allocated_memory", None)
+        if recommended is not None and allocated is not None:
+            return max(0, recommended() - allocated())
+    return _cpu_available()
+
+
+def budget(device: torch.device) -> int:
+    """Bytes one level may use on ``device`` (``NST_MEMORY_BUDGET_MB`` overrides)."""
+    forced = os.environ.get(BUDGET_ENV, "").strip()
+    if forced:
+        try:
+            return max(1, int(float(forced) * (1 << 20)))
+        except ValueError:
+            pass  # a typo must not stop a run: fall back to the measurement
+    share = BUDGET_SHARE.get(device.type, 0.5)
+    return max(MIN_BUDGET, int(_device_free(device) * share))
+
+
+class Budget:
+    """The memory a run may use per level, and what fits in it."""
+
+    def __init__(self, device: torch.device, amp: torch.dtype | None,
+                 total: int | None = None) -> None:
+        self.device, self.amp = device, amp
+        self.total = budget(device) if total is None else total
+        self.pixels = max(0, self.total - FIXED_BYTES)  # what the pixels may use
+
+    @property
+    def per_pixel(self) -> float:
+        return bytes_per_pixel(self.device, self.amp)
+
+    def fits(self, hw: tuple[int, int]) -> bool:
+        """Whether a whole level of this size fits."""
+        return hw[0] * hw[1] * self.per_pixel <= self.pixels
+
+    def largest_side(self, hw: tuple[int, int]) -> int:
+        """The longest side of the largest level of this aspect ratio that fits untiled."""
+        pixels = self.pixels / self.per_pixel
+        aspect = min(hw) / max(hw)
+        return int(math.sqrt(pixels / aspect))
+
+    def tile_side(self) -> int:
+        """The longest side of the square tiles that fit."""
+        return int(math.sqrt(self.pixels / self.per_pixel))
+
+    def style_side(self, hw: tuple[int, int]) -> int:
+        """The longest side a style image of this shape may have for its (gradient-free)
+        statistics pass."""
+        pixels = self.pixels / (self.per_pixel * NO_GRAD_SHARE)
+        return int(math.sqrt(pixels * max(hw) / min(hw)))
