@@ -120,3 +120,24 @@ def test_presets_command_lists_good_presets_beside_a_bomb(tmp_path):
     skipped = [ln for ln in run.stderr.splitlines() if ln.startswith("  ")]
     assert len(skipped) == 2 and all(len(ln) < BOUND + len(str(tmp_path)) for ln in skipped)
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"content_layers": {"relu4_2": 0}}, "weight 0"),
+    ({"style_layers": {"relu1_1": 0.0, "relu2_1": 0}}, "weight 0"),
+    ({"iterations": 0}, "out of range"),
+    ({"learning_rate": float("nan")}, "finite"),
+    ({"optimizer": "sgd"}, "must be one of"),
+])
+def test_python_api_params_are_checked_before_any_work(tmp_path, params, words):
+    """StyleParams built in Python meet the preset checks too, before the weights are read
+    (the path given does not exist: reaching it would be a different error)."""
+    from PIL import Image
+
+    from nst_engine import StyleParams, stylize
+
+    img = Image.new("RGB", (8, 8), (10, 20, 30))
+    with pytest.raises(InvalidInput) as e:
+        stylize(content=img, styles=[(img, 1.0)], params=StyleParams(**params),
+                device="cpu", weights=tmp_path / "none.pth")
+    assert words in e.value.message
