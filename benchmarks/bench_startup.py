@@ -13,9 +13,10 @@ least disturbed figure):
   (``attach`` starts one): what the first run after login (or after ``keep_warm``) pays.
 - first job overhead, warm job overhead, at 0.2 MP and 12 MP: a whole plug-in run's wall time
   (``from_config`` → ``start`` → ``stylize`` → ``close``) minus the optimisation's own time
-  (first to last ``optimizing`` progress frame, as the client receives them). What remains is
-  start/connect, sending and receiving the pixels, the engine's pre- and post-processing of the
-  full-size image, and closing.
+  (from the ``preparing`` progress frame, sent once the inputs are tensors, to the last
+  ``optimizing`` one, as the client receives them: style targets and every step). What remains
+  is start/connect, sending and receiving the pixels, the engine's conversion of the full-size
+  images to tensors and of the result back (resize to full size, 8-bit), and closing.
 
 Random-weight VGG19 (the same cost as the real one). Never touches a real warm engine: its
 own NST_RUNTIME_DIR, and the engine it starts is stopped at the end.
@@ -80,7 +81,7 @@ def plugin_run(cfg: dict, content: RGBAImage, style: RGBAImage, **kw) -> tuple[f
     marks: list[float] = []
 
     def progress(p):
-        if p.get("stage") == "optimizing":
+        if p.get("stage") in ("preparing", "optimizing"):
             marks.append(time.perf_counter())
 
     t0 = time.perf_counter()

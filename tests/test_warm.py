@@ -24,19 +24,11 @@ import pytest
 from nst_engine.bridge import config, warm
 from nst_engine.bridge.client import EngineClient, EngineFailed, warm_argv
 from nst_engine.bridge.wire import Code
-from tests.test_serve import (ENDLESS, PY, ROOT, TINY, WAIT, content_image, in_thread,
+from tests.test_serve import (ENDLESS, PY, ROOT, TINY, WAIT, _alive, content_image, in_thread,
                               style_image)
 
 pytestmark = pytest.mark.skipif(not warm.supported() or not sys.platform.startswith("linux"),
                                 reason="the warm engine is POSIX-only; these tests read /proc")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 def _wait_gone(pid: int, timeout: float = WAIT) -> bool:
