@@ -58,11 +58,39 @@ class ContentLoss(nn.Module):
         return (feat.float() - self.target).pow(2).mean() / self.scale
 
 
+class _SelfProduct(torch.autograd.Function):
+    """``cols @ cols.T`` with a one-product backward.
+
+    Autograd would differentiate the two factors separately (two ``[C, C] x [C, N]`` products
+    and a sum); the gradient is ``(dG + dG.T) @ cols``, one product. It is returned in the
+    layout of ``cols`` (channels-last features give ``[C, N]`` with strides ``(1, C)``), so it
+    adds to the convolution's gradient without a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, cols: Tensor) -> Tensor:
+        ctx.save_for_backward(cols)
+        return cols @ cols.t()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (cols,) = ctx.saved_tensors
+        sym = grad + grad.t()
+        if cols.stride(0) == 1 and cols.shape[1] > 1:
+            return (cols.t() @ sym).t()  # = sym @ cols, as sym is symmetric
+        return sym @ cols
+
+
+def self_product(cols: Tensor) -> Tensor:
+    """``cols @ cols.T`` for ``[C, N]`` columns, differentiable with one product."""
+    return _SelfProduct.apply(cols)
+
+
 def gram(feat: Tensor) -> Tensor:
     """Gram matrix normalised by C*H*W, so its size does not depend on the image size."""
     c = feat.shape[1]
     cols = feat.float().reshape(c, -1)
-    return cols @ cols.t() / cols.numel()
+    return self_product(cols) / cols.numel()
 
 
 class GramLoss(nn.Module):
@@ -85,7 +113,7 @@ class GramLoss(nn.Module):
 def _mean_cov(cols: Tensor) -> tuple[Tensor, Tensor]:
     mean = cols.mean(dim=1)
     centred = cols - mean[:, None]
-    return mean, centred @ centred.t() / cols.shape[1]
+    return mean, self_product(centred) / cols.shape[1]
 
 
 class MeanCovLoss(nn.Module):

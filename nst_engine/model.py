@@ -94,6 +94,9 @@ class VGGFeatures(nn.Module):
                  for key, t in weights.convs.items()
                  for name, param in [key.split(".")] if INDEX[name] <= last}
         body.load_state_dict(state, strict=True, assign=True)
+        # Channels-last weights: the engine feeds channels-last images (``transfer``), and a
+        # convolution would otherwise copy its weight into that layout on every call.
+        body.to(memory_format=torch.channels_last)
         self.body = body
         self._capture = {INDEX[n]: n for n in layers}  # features index -> layer name
 

@@ -118,3 +118,32 @@ def test_style_luminance_matched_to_content_statistics():
     opaque = y[:, 0][..., :8]
     assert float(opaque.mean()) == pytest.approx(float(yc.mean()), abs=0.01)
     assert float(opaque.std()) == pytest.approx(float(yc.std()), rel=0.1)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gram_gradient_is_the_textbook_one_in_the_features_layout(layout):
+    f = torch.rand(1, 6, 5, 7, dtype=torch.float64, generator=_gen(3))
+    f = f.contiguous(memory_format=layout).requires_grad_(True)
+    assert torch.autograd.gradcheck(losses.self_product, (f.reshape(6, -1),))
+    f32 = f.detach().float().contiguous(memory_format=layout).requires_grad_(True)
+    target = torch.rand(6, 6, generator=_gen(4))
+    (grad,) = torch.autograd.grad((losses.gram(f32) - target).pow(2).sum(), f32)
+    cols = f32.reshape(6, -1)
+    plain = (cols @ cols.t() / cols.numel() - target).pow(2).sum()  # autograd's own
+    (expected,) = torch.autograd.grad(plain, f32)
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-7)
+    assert grad.is_contiguous(memory_format=layout)  # adds to the conv's gradient, no copy
+
+
+def test_mean_cov_gradient_matches_autograd():
+    f = torch.rand(1, 5, 4, 6, generator=_gen(6)).requires_grad_(True)
+    loss = losses.MeanCovLoss([torch.rand(1, 5, 4, 6, generator=_gen(7))], [None], [1.0])
+    (grad,) = torch.autograd.grad(loss(f), f)
+    cols = f.reshape(5, -1)
+    mu = cols.mean(dim=1)
+    centred = cols - mu[:, None]
+    cov = centred @ centred.t() / cols.shape[1]  # autograd's own products
+    plain = ((mu - loss.mean).pow(2).mean() / loss.mean_scale
+             + (cov - loss.cov).pow(2).mean() / loss.cov_scale)
+    (expected,) = torch.autograd.grad(plain, f)
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-8)

@@ -38,7 +38,8 @@ def reference_features(random_weights_file):
     model = torchvision.models.vgg19(weights=None).eval()
     state = torch.load(random_weights_file, map_location="cpu", weights_only=True)
     model.features.load_state_dict({k[len("features."):]: v for k, v in state.items()})
-    return model.features
+    # In the engine's weight layout (channels-last, model.py), so the same kernels run.
+    return model.features.to(memory_format=torch.channels_last)
 
 
 def _run_reference(features: nn.Sequential, x: torch.Tensor, pooling: str) -> dict[str, torch.Tensor]:
