@@ -47,7 +47,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import stat
 import sys
 from dataclasses import dataclass, field, fields
@@ -58,6 +57,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .bridge import config
+from .bridge.wire import EXCERPT, excerpt as _excerpt  # bounded quotes of a user's values
 from .errors import InvalidInput, PresetError
 from .params import ALLOWED_LAYERS, PARAM_FIELDS, StyleParams
 
@@ -76,8 +76,6 @@ MAX_DEPTH = 8
 MAX_NODES = 5000
 #: Longest preset name (the dialog shows it; the layer name repeats it).
 MAX_NAME = 100
-#: Longest excerpt of a user's value that a message quotes.
-EXCERPT = 60
 _HINT_BUILTIN = "This is a bug in a built-in preset; please report it."
 _HINT_SETTINGS = ("The settings, their ranges and a preset's values: "
                   "`python -m nst_engine presets --show NAME`.")
@@ -595,19 +593,6 @@ def _type_name(value: Any) -> str:
 def _shown(value: Any) -> str:
     return f"{_type_name(value)} ({_excerpt(value)})" if not isinstance(value, (dict, list)) \
         else _type_name(value)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = EXCERPT
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
-
-
-def _excerpt(value: Any) -> str:
-    """``repr(value)``, bounded in length and depth (aliases and huge numbers included)."""
-    try:
-        return _REPR.repr(value)
-    except (ValueError, RecursionError):  # an int over Python's digit limit, say
-        return f"<{_type_name(value)}>"
 
 
 def _cut(text: str, limit: int = EXCERPT) -> str:
