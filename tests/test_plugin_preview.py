@@ -35,6 +35,7 @@ class FakeClient:
         self.release = threading.Event()
         self.in_job = threading.Event()
         self.closed = False
+        self.last_notices = ["weights of unknown checksum"]
 
     def start(self):
         self.log.append("start")
@@ -119,8 +120,9 @@ def test_a_new_request_cancels_the_running_one_and_only_its_result_arrives(h):
     assert client.cancelled.wait(WAIT), "the running preview was not cancelled"
     h.next("progress")
     client.release.set()
-    kind, gen, result = h.next("result", "error")
+    kind, gen, (result, notices) = h.next("result", "error")
     assert (kind, gen) == ("result", second)
+    assert notices == ["weights of unknown checksum"]
     assert result.data == bytes(reversed(job("b").content.data))
     assert h.log.count("start") == 1, "one engine for the dialog's life"
     assert ("stylize", "b") in h.log and h.quiet()

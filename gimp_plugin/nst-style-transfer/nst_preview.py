@@ -16,6 +16,7 @@ and hands the worker nothing but bytes. Nothing here touches the image.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import threading
@@ -73,7 +74,7 @@ class PreviewWorker:
     ``make_client(fresh)`` returns an unstarted ``EngineClient`` (or anything with ``start``,
     ``stylize``, ``cancel``, ``close``; ``fresh``: replace a shared warm engine that failed); ``deliver(kind, generation, payload)`` is called on the
     worker's thread with kind ``starting`` (None), ``progress`` (the engine's progress header),
-    ``result`` (RGBAImage), ``error`` (text for the user). ``submit`` and ``invalidate`` cancel
+    ``result`` ((RGBAImage, the engine's notices)), ``error`` (text for the user). ``submit`` and ``invalidate`` cancel
     the job that is running; ``close`` ends the thread and either closes the engine or hands it
     over (to the full run, so it does not start a second engine).
     """
@@ -204,7 +205,8 @@ class PreviewWorker:
                 self._deliver("error", generation, text)
                 return
             if not self._is_stale(generation):
-                self._deliver("result", generation, result)
+                notices = [str(n) for n in getattr(self._client, "last_notices", None) or []]
+                self._deliver("result", generation, (result, notices))
             return
 
     def _drop_client(self):
@@ -288,6 +290,10 @@ class PreviewPane:
         self._status.set_max_width_chars(34)
         row.pack_start(self._status, True, True, 0)
         box.pack_start(row, False, False, 0)
+        self._notice = Gtk.Label(xalign=0.0, wrap=True)
+        self._notice.set_max_width_chars(34)
+        self._notice.set_no_show_all(True)
+        box.pack_start(self._notice, False, False, 0)
         buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         self._button = Gtk.Button.new_with_mnemonic("Pre_view")
         self._button.set_tooltip_text("Stylise the region to repaint, small and fast, with "
@@ -404,7 +410,8 @@ class PreviewPane:
             self._say(f"No preview: {payload}")
         return False
 
-    def _show(self, result):
+    def _show(self, payload):
+        result, notices = payload
         job = self._job
         x, y, w, h = job.show
         data = crop_rgba(result.data, result.width, (x, y, w, h))
@@ -417,6 +424,18 @@ class PreviewPane:
         self._image.set_from_pixbuf(flat or pixbuf)
         self._shown = job.settings
         self._say(f"Preview of the region to repaint ({w}×{h} px).")
+        # E.g. weights that are not the verified VGG19: the preview must not pass for the real
+        # thing. The full notice is the tooltip (and a message after the full run).
+        if notices:
+            text = ("The engine's weights are not the verified VGG19: this is not what real "
+                    "style transfer looks like." if any("VGG19" in n for n in notices)
+                    else notices[0])
+            self._notice.set_markup(f"<small><b>Note:</b> "
+                                    f"{html.escape(text)}</small>")
+            self._notice.set_tooltip_text("\n".join(notices))
+            self._notice.show()
+        else:
+            self._notice.hide()
         if self._dump_dir:
             dump_preview(self._dump_dir, w, h, data, job.settings)
 

@@ -16,7 +16,7 @@ DUMP = os.environ["NST_PREVIEW_DUMP_DIR"]
 FIRST_PREVIEW_S, NEXT_PREVIEW_S = 240.0, 180.0
 #: What the test types: the dialog opens with the defaults (iterations 0 = the preset's,
 #: strength 1).
-TEST_ITERATIONS, NEW_STRENGTH = "6", "8"
+TEST_ITERATIONS, NEW_STRENGTH = "6", "0"
 T0 = time.monotonic()
 found = {"log": []}
 
