@@ -20,6 +20,7 @@ import html
 import json
 import os
 import threading
+import time
 
 #: Longest side, px, of the preview's optimisation: also the size it is shown at.
 PREVIEW_SIZE = 256
@@ -226,7 +227,7 @@ class PreviewWorker:
             self._drop_client()
 
 
-def dump_preview(folder, width, height, data, settings):
+def dump_preview(folder, width, height, data, settings, **facts):
     """The test hook (DUMP_ENV): one finished preview as raw RGBA plus its JSON description,
     numbered on from the previews already there (an earlier dialog's too)."""
     os.makedirs(folder, exist_ok=True)
@@ -235,7 +236,8 @@ def dump_preview(folder, width, height, data, settings):
     with open(base + ".rgba", "wb") as f:
         f.write(data)
     with open(base + ".json.tmp", "w", encoding="utf-8") as f:
-        json.dump({"index": index, "width": width, "height": height, "settings": settings}, f)
+        json.dump({"index": index, "width": width, "height": height, "settings": settings,
+                   **facts}, f)
     os.replace(base + ".json.tmp", base + ".json")
 
 
@@ -269,6 +271,16 @@ class PreviewPane:
         self._notify_id = config.connect("notify", self._on_setting_changed)
         self._config = config
         self._schedule()  # the first preview starts once the dialog is up
+        if self._dump_dir:
+            # Test hook: how long GTK's main loop went without running (the dialog frozen).
+            self._tick_at, self._longest_stall = time.monotonic(), 0.0
+            GLib.timeout_add(50, self._tick)
+
+    def _tick(self):
+        now = time.monotonic()
+        self._longest_stall = max(self._longest_stall, now - self._tick_at)
+        self._tick_at = now
+        return not self._closed
 
     # ------------------------------------------------------------------ widgets
 
@@ -379,6 +391,7 @@ class PreviewPane:
             self._say("The preview shows these settings.")
             return
         self._job = job
+        self._submitted_at = time.monotonic()
         self._generation = self._worker.submit(job)
         self._progress.set_fraction(0.0)
         self._progress.set_text("Sending the image")
@@ -437,7 +450,9 @@ class PreviewPane:
         else:
             self._notice.hide()
         if self._dump_dir:
-            dump_preview(self._dump_dir, w, h, data, job.settings)
+            dump_preview(self._dump_dir, w, h, data, job.settings,
+                         seconds=round(time.monotonic() - self._submitted_at, 2),
+                         longest_main_loop_stall_s=round(self._longest_stall, 3))
 
     # ------------------------------------------------------------------ the end
 

@@ -72,6 +72,17 @@ def test_changing_a_setting_redoes_the_preview(preview):
     assert changed > 0.3, f"only {changed:.1%} of the preview's bytes changed"
 
 
+def test_the_dialog_never_froze_while_previews_ran(preview):
+    # The pane's test hook measures the longest time GTK's main loop went without running
+    # while the dialog was up. A preview run on GTK's thread would stall it for the whole
+    # preview; a ratio, not a time, so a slow or busy machine does not matter.
+    previews = preview["driver"]["previews"]
+    assert previews
+    longest = max(p["seconds"] for p in previews)
+    stall = max(p["longest_main_loop_stall_s"] for p in previews)
+    assert stall < 0.5 * longest, f"main loop stalled {stall} s; previews took {longest} s"
+
+
 def test_cancel_leaves_the_image_as_it_was(preview):
     assert preview["status"] == "cancel", preview.get("message")
     before, after = preview["before"], preview["after"]
