@@ -195,6 +195,7 @@ def main() -> int:
     ap.add_argument("--seam-tile", type=int, default=256)
     ap.add_argument("--seam-iterations", type=int, default=40)
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--only", choices=("memory", "seam"), help="one kind of row")
     ap.add_argument("--sizes", default="256,512,768,1024")
     ap.add_argument("--weights")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -211,8 +212,10 @@ def main() -> int:
         if args.calibrate:
             calibrate(args, weights)
         else:
-            memory_rows(args, weights)
-            seam_rows(args, weights)
+            if args.only in (None, "memory"):
+                memory_rows(args, weights)
+            if args.only in (None, "seam"):
+                seam_rows(args, weights)
     return 0
 
 

@@ -34,7 +34,7 @@ class ProgressBar:
     WIDTH = 28
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream, self.last = stream, 0.0
+        self.stream, self.last, self.note = stream, 0.0, None
 
     def __call__(self, p) -> None:
         now = time.monotonic()
@@ -45,6 +45,11 @@ class ProgressBar:
         eta = "" if p.eta is None else f" eta {_clock(p.eta)}"
         loss = f" loss {p.losses['total']:.3g}" if "total" in p.losses else ""
         level = f" level {p.level}/{p.levels}" if p.level else ""
+        if p.width:
+            level += f" at {p.width}x{p.height}" + (f" in {p.tiles} tiles" if p.tiles else "")
+        if p.note and p.note != self.note:  # once, on its own line
+            self.note = p.note
+            self.stream.write(f"\r{p.note}\x1b[K\n")
         self.stream.write(f"\r{p.stage:<10} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
                           f"{p.iteration}/{p.total}{level}{loss} {_clock(p.elapsed)}{eta}\x1b[K")
         self.stream.flush()

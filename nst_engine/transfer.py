@@ -439,8 +439,8 @@ class _Readback:
     def record(self, total: Tensor, parts: dict[str, Tensor]) -> None:
         values = [total, *(parts[k] for k in _LOSS_NAMES[1:])]
         with torch.no_grad():  # a loss without layers is the number 0, not a tensor
-            self.rows[self.pending].copy_(torch.stack(
-                [v.detach().float() if isinstance(v, Tensor) else self.zero for v in values]))
+            torch.stack([v.detach() if isinstance(v, Tensor) else self.zero for v in values],
+                        out=self.rows[self.pending])
         self.pending += 1
         self.steps += 1
 
