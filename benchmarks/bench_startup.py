@@ -93,9 +93,10 @@ def plugin_run(cfg: dict, content: RGBAImage, style: RGBAImage, **kw) -> tuple[f
     return wall, (marks[-1] - marks[0]) if len(marks) > 1 else 0.0
 
 
-def torchvision_import() -> float:
-    code = ("import time, torch; t = time.perf_counter(); import torchvision; "
-            "print(time.perf_counter() - t)")
+def import_time(module: str, after: str = "") -> float:
+    """Seconds ``import module`` takes in a fresh interpreter (after importing ``after``)."""
+    code = (f"import time{', ' + after if after else ''}; t = time.perf_counter(); "
+            f"import {module}; print(time.perf_counter() - t)")
     return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                 text=True).stdout)
 
@@ -128,13 +129,19 @@ def main() -> int:
                "engine_pythonpath": [str(ROOT)], "log_dir": str(tmp), "keep_warm": 300}
         style = image(256, 256)
         n = args.repeat
-        row("import torchvision (after torch)", [torchvision_import() for _ in range(n)])
+        row("import torch", [import_time("torch") for _ in range(n)])
+        row("import torchvision (after torch)", [import_time("torchvision", "torch")
+                                                 for _ in range(n)])
+        # Interleaved, so a change in the machine's load hits both alike.
+        trees = [("this checkout", ROOT)]
         if args.baseline:
-            base = checkout_of(args.baseline, tmp / "baseline")
-            row(f"cold start → hello, {args.baseline}",
-                [cold_hello(base, weights, args.device, log) for _ in range(n)])
-        row("cold start → hello, this checkout",
-            [cold_hello(ROOT, weights, args.device, log) for _ in range(n)])
+            trees.insert(0, (args.baseline, checkout_of(args.baseline, tmp / "baseline")))
+        hellos: dict[str, list[float]] = {name: [] for name, _ in trees}
+        for _ in range(n):
+            for name, tree in trees:
+                hellos[name].append(cold_hello(tree, weights, args.device, log))
+        for name, _ in trees:
+            row(f"cold start → hello, {name}", hellos[name])
         sizes = [s.strip() for s in args.sizes.split(",")]
         for size in sizes:
             content = image(*SIZES[size])

@@ -152,7 +152,8 @@ def load_engine(args: Any) -> Ready:
     _log(f"engine {__version__}, torch {torch.__version__}, device {device}, "
          f"weights {weights['status']}")
     listen = getattr(args, "listen", None)
-    warm = ({"keep_warm": args.keep_warm, "key": args.warm_key} if listen else None)
+    warm = ({"keep_warm": args.keep_warm, "key": args.warm_key,
+             "options": {"weights": args.weights, "device": args.device}} if listen else None)
     return Ready({"type": Msg.HELLO, "protocol": wire.PROTOCOL_VERSION,
                   "engine_version": __version__,
                   "device": str(device) if device is not None else None,

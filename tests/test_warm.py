@@ -58,9 +58,13 @@ def cfg_for(weights, tmp_path, keep_warm=60) -> dict:
             "hello_timeout": WAIT, "keep_warm": keep_warm}
 
 
-def run_job(cfg, overrides=TINY, **kw):
-    """One plug-in run: a new client, start, one job, close. (engine pid, result)."""
-    with EngineClient.from_config(cfg, **kw) as client:
+def run_job(cfg, overrides=TINY, direct=True, **kw):
+    """One plug-in run: a new client, start, one job, close. (engine pid, result).
+    ``direct=False``: through attach even when a warm engine runs."""
+    client = EngineClient.from_config(cfg, **kw)
+    if not direct:
+        client.direct = None
+    with client:
         client.start()
         out = in_thread(lambda: client.stylize(content_image(), [(style_image(), 1.0)],
                                                overrides=overrides))
@@ -129,10 +133,11 @@ def test_socket_path_too_long_is_refused(monkeypatch):
 def test_runs_reuse_one_engine_and_give_the_cold_engines_pixels(random_weights_file, tmp_path,
                                                                  runtime):
     cfg = cfg_for(random_weights_file, tmp_path)
-    pid1, first = run_job(cfg)
-    pid2, second = run_job(cfg)
-    assert pid1 == pid2 and _alive(pid1)  # the second run found the first run's engine
-    assert first == second
+    pid1, first = run_job(cfg)  # attach starts the engine
+    pid2, second = run_job(cfg)  # the client connects to it directly
+    pid2b, second_b = run_job(cfg, direct=False)  # through attach, as over ssh
+    assert pid1 == pid2 == pid2b and _alive(pid1)  # later runs found the first run's engine
+    assert first == second == second_b
     # Folder and socket: the user's alone.
     assert stat.S_IMODE(runtime.lstat().st_mode) == 0o700
     sock = (runtime / warm.SOCKET_NAME).lstat()
@@ -143,7 +148,8 @@ def test_runs_reuse_one_engine_and_give_the_cold_engines_pixels(random_weights_f
     cold_pid, cold = run_job(cfg, keep_warm=0)
     assert cold_pid != pid1 and not _alive(cold_pid) and cold == first
     log = log_text(tmp_path)
-    assert log.count(f"connected to the warm engine, pid {pid1}") == 2
+    assert log.count(f"connected to the warm engine, pid {pid1}") == 3
+    assert log.count(f"client[{os.getpid()}]: connected to the warm engine") == 1  # direct
 
     # SIGKILLed between runs: the next run starts a new engine and succeeds.
     os.kill(pid1, signal.SIGKILL)
@@ -239,18 +245,24 @@ KILLED_PLUGIN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("path", ["relay", "direct"])
 def test_killed_plugin_cancels_its_job_and_the_engine_stays_warm(random_weights_file, tmp_path,
-                                                                  runtime):
+                                                                  runtime, path):
     import json
 
     cfg = cfg_for(random_weights_file, tmp_path)
+    if path == "direct":
+        run_job(cfg)  # an engine runs: the killed plug-in is connected to it directly
     plugin = subprocess.Popen([PY, "-c", KILLED_PLUGIN, str(ROOT), json.dumps(cfg)],
                               stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
     try:
-        engine_pid, relay_pid = map(int, in_thread(plugin.stdout.readline).split())
+        engine_pid, relay_pid = in_thread(plugin.stdout.readline).split()
+        engine_pid = int(engine_pid)
+        assert (relay_pid == "None") == (path == "direct")
         plugin.kill()  # GIMP's Cancel
         plugin.wait(WAIT)
-        assert _wait_gone(relay_pid, 30)  # the relay saw the end of its input
+        if path == "relay":
+            assert _wait_gone(int(relay_pid), 30)  # the relay saw the end of its input
         deadline = time.monotonic() + WAIT
         while "cancelled" not in log_text(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -268,7 +280,7 @@ def test_other_build_is_replaced_and_idle_engine_exits(random_weights_file, tmp_
     cfg = cfg_for(random_weights_file, tmp_path, keep_warm=3)
     old_pid, _ = run_job(cfg)
     monkeypatch.setenv(warm.BUILD_ENV, "an-updated-engine")  # as after install.py
-    new_pid, _ = run_job(cfg)
+    new_pid, _ = run_job(cfg, direct=False)  # attach compares builds (install.py stops it too)
     assert new_pid != old_pid and _wait_gone(old_pid, 30)
     assert "another version" in log_text(tmp_path)
     # keep_warm 3: three idle seconds later the engine is gone, and so is its socket.

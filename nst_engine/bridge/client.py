@@ -13,7 +13,10 @@ from the Win32 documentation, not tested on Windows here).
 Warm engine (``keep_warm`` > 0 in config.json, POSIX): ``from_config`` runs the same command with
 ``attach`` in place of ``serve`` (``warm_argv``): a small relay that connects to the user's warm
 engine, starting one if none, so the protocol, the log, cancel-by-closing and crash reports stay
-exactly as above; ``close()`` then ends this client's session and the engine stays loaded.
+exactly as above; ``close()`` then ends this client's session and the engine stays loaded. When
+the command runs the engine on this machine (``python -m nst_engine serve``), ``start`` first
+connects to a running warm engine itself (``warm.connect_direct``: no relay process to start,
+no copies through it) and uses ``attach`` only when none with the same options answers.
 """
 
 from __future__ import annotations
@@ -211,9 +214,14 @@ class EngineClient:
         self.hello: dict[str, Any] | None = None
         #: Whether argv is ``attach`` (a warm engine shared with later runs); from_config sets it.
         self.warm = False
+        #: (serve options, keep_warm) for connecting to a local warm engine without attach.
+        self.direct: tuple[dict[str, Any], float] | None = None
         #: The last result's notices (e.g. weights of unknown checksum), for the user to see.
         self.last_notices: list[str] = []
         self._proc: subprocess.Popen | None = None
+        self._sock: Any = None  # a direct connection to the warm engine (socket.socket)
+        self._rfile: Any = None  # the engine's frames come from here
+        self._wfile: Any = None  # ours go here
         self._log = None
         self._log_start = 0
         self._job = None
@@ -242,6 +250,10 @@ class EngineClient:
         argv = warm_argv(cfg["engine_command"], keep_warm, float(opts["hello_timeout"]), fresh)
         client = cls(argv or cfg["engine_command"], **opts)
         client.warm = argv is not None
+        if client.warm and not fresh:
+            from .warm import direct_options
+            options = direct_options(cfg["engine_command"])
+            client.direct = (options, keep_warm) if options is not None else None
         return client
 
     # ------------------------------------------------------------------------ life cycle
@@ -265,13 +277,17 @@ class EngineClient:
 
     def start(self) -> dict[str, Any]:
         """Start the engine and wait for its hello (``hello_timeout`` seconds)."""
-        if self._proc is not None:
+        if self._proc is not None or self._sock is not None:
             raise RuntimeError("engine already started")
         self._log = open_log(self.log_path)
         self._log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting engine: "
                         f"{self.argv!r}\n".encode("utf-8", "replace"))
         self._log.flush()
         self._log_start = self._log.tell()
+        if self.direct is not None:
+            hello = self._start_direct(*self.direct)
+            if hello is not None:
+                return hello
         try:
             env = child_env(self.pythonpath, self.env)
             if self.warm:
@@ -289,6 +305,7 @@ class EngineClient:
                 "Run `python install.py` again, or fix 'engine_command' in the Style Transfer "
                 "config.json.", self.log_path) from None
         self._job = _kill_on_close_job(self._proc)
+        self._rfile, self._wfile = self._proc.stdout, self._proc.stdin
         self._reader = threading.Thread(target=self._read_loop, name="nst-engine-reader",
                                         daemon=True)
         self._reader.start()
@@ -323,8 +340,47 @@ class EngineClient:
         self.hello = item.header
         return item.header
 
+    def _start_direct(self, options: dict[str, Any], keep_warm: float) -> dict[str, Any] | None:
+        """Connect to the running warm engine itself; None (nothing done) when there is none."""
+        from .warm import connect_direct
+
+        found = connect_direct(options, keep_warm)
+        if found is None:
+            return None
+        self._sock, self.hello = found
+        self._rfile = self._sock.makefile("rb", buffering=0)
+        self._wfile = self._sock.makefile("wb", buffering=0)
+        self._log.write(f"{time.strftime('%H:%M:%S')} client[{os.getpid()}]: connected to the "
+                        f"warm engine, pid {self.hello.get('pid')}\n".encode())
+        self._log.flush()
+        self._reader = threading.Thread(target=self._read_loop, name="nst-engine-reader",
+                                        daemon=True)
+        self._reader.start()
+        return self.hello
+
+    def _close_direct(self, kill: bool) -> None:
+        """End our session with the warm engine (it stays): shutdown, then our end closes."""
+        import socket
+
+        if not kill:
+            try:
+                self._send({"type": Msg.SHUTDOWN})
+                self._sock.shutdown(socket.SHUT_WR)
+            except (OSError, ValueError):
+                pass
+            if self._reader is not None:
+                self._reader.join(timeout=EXIT_GRACE)  # the engine closes the session
+        for f in (self._rfile, self._wfile, self._sock):
+            try:
+                f.close()
+            except OSError:
+                pass
+
     def close(self, *, kill: bool = False) -> None:
-        """Ask the engine to exit (shutdown, then stdin EOF); kill it after EXIT_GRACE."""
+        """Ask the engine to exit (shutdown, then stdin EOF); kill it after EXIT_GRACE. A direct
+        connection to the warm engine only ends this client's session."""
+        if self._sock is not None:
+            self._close_direct(kill)
         proc = self._proc
         if proc is not None:
             if not kill and proc.poll() is None:
@@ -420,7 +476,7 @@ class EngineClient:
         """Ask the engine to stop the running job; ``stylize`` then raises EngineFailed with
         code ``cancelled``. Safe from any thread; a no-op when no job runs."""
         rid = self._current_id
-        if rid is None or self._proc is None:
+        if rid is None or (self._proc is None and self._sock is None):
             return
         self._cancelled.add(rid)
         try:
@@ -431,12 +487,12 @@ class EngineClient:
     # ------------------------------------------------------------------------ plumbing
 
     def _send(self, header: dict[str, Any], *parts: bytes) -> None:
-        assert self._proc is not None
+        assert self._wfile is not None
         with self._write_lock:
-            write_frame(self._proc.stdin, header, *parts)
+            write_frame(self._wfile, header, *parts)
 
     def _read_loop(self) -> None:
-        stream = self._proc.stdout  # type: ignore[union-attr]
+        stream = self._rfile
         while True:
             try:
                 frame = read_frame(stream, accept=ENGINE_TYPES, max_payload=self.max_payload)

@@ -43,6 +43,10 @@ LOCK_NAME = "engine.lock"
 MAX_SOCKET_PATH = 100
 #: A warm engine answers a connection at once (a thread of its own accepts); past this it hangs.
 WARM_HELLO_TIMEOUT = 15.0
+#: The client's own quick look (``connect_direct``); past it, attach takes over and decides.
+DIRECT_HELLO_TIMEOUT = 5.0
+#: The serve options a client may find in a warm engine's hello (``warm.options``).
+DIRECT_OPTIONS = ("weights", "device")
 #: How long a stopped engine gets to let go of its lock before it is killed.
 STOP_GRACE = 3.0
 #: attach's exit status when no engine could be reached (the log says why).
@@ -238,6 +242,49 @@ def read_hello(sock: socket.socket, timeout: float) -> dict[str, Any] | None:
         stream.close()
         sock.settimeout(None)
     return None if frame is None else frame.header
+
+
+def direct_options(argv: Sequence[str]) -> dict[str, Any] | None:
+    """The serve options of an ``engine_command`` that runs the engine on this machine, exactly
+    ``[python, -m, nst_engine, serve, (--weights W | --device D)...]``; else None (ssh,
+    flatpak-spawn, wrappers, other options: those go through attach)."""
+    if len(argv) < 4 or list(argv[1:4]) != ["-m", "nst_engine", "serve"]:
+        return None
+    opts: dict[str, Any] = {"weights": None, "device": "auto"}
+    rest = list(argv[4:])
+    if len(rest) % 2:
+        return None
+    for flag, value in zip(rest[::2], rest[1::2]):
+        if flag[2:] not in DIRECT_OPTIONS or not flag.startswith("--"):
+            return None
+        opts[flag[2:]] = value
+    return opts
+
+
+def connect_direct(options: dict[str, Any], keep_warm: float
+                   ) -> tuple[socket.socket, dict[str, Any]] | None:
+    """The plug-in's fast path: a connection to a running warm engine started with these serve
+    ``options`` and ``keep_warm``, and its hello; None when there is none or it differs (then
+    ``attach`` starts, replaces or waits for one). It does not compare the engine's build:
+    install.py stops the warm engine whenever it changes the engine."""
+    try:
+        folder = private_dir(create=False)
+        sock = connect(folder / SOCKET_NAME)
+    except WarmUnavailable:
+        return None
+    if sock is None:
+        return None
+    try:
+        hello = read_hello(sock, DIRECT_HELLO_TIMEOUT)
+    except (TimeoutError, ProtocolError):
+        hello = None
+    warm = hello.get("warm") if hello else None
+    if not (hello and hello.get("type") == Msg.HELLO and hello.get("protocol") == PROTOCOL_VERSION
+            and isinstance(warm, dict) and warm.get("options") == options
+            and warm.get("keep_warm") == keep_warm):
+        sock.close()
+        return None
+    return sock, hello
 
 
 def _signal(pid: int, sig: int) -> None:
