@@ -40,17 +40,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _images(w: int, h: int):
-    import numpy as np
-    from PIL import Image
+    """A synthetic photo (shapes and fine noise) and a 512 px style image."""
+    from bench_tiles import _photo, _style
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:h, 0:w]
-    content = np.stack([90 + 60 * np.sin(xx / 23.0), 90 + 60 * np.cos(yy / 17.0),
-                        120 + 50 * np.sin((xx + yy) / 29.0)], -1) + rng.normal(0, 12, (h, w, 3))
-    yy, xx = np.mgrid[0:512, 0:512]
-    style = 127 + 120 * np.sin(xx[..., None] / 3.0 + np.array([0, 2, 4])) * np.cos(yy[..., None] / 5)
-    return (Image.fromarray(content.clip(0, 255).astype(np.uint8)),
-            Image.fromarray(style.astype(np.uint8)))
+    return _photo(w, h), _style(512)
 
 
 def _one_level(size: int, steps: int, **kw):

@@ -33,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_iteration import _reset_peak, _rss_at_reset, _status_mb  # noqa: E402
 
 
 def _photo(w: int, h: int):
@@ -56,16 +59,6 @@ def _style(size: int = 256):
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def worker(spec: dict) -> dict:
     """One stylize() run as ``spec`` says; peak memory, time, tiles and the seam measure."""
     import numpy as np
@@ -74,18 +67,12 @@ def worker(spec: dict) -> dict:
     from nst_engine import StyleParams, tiles
     from nst_engine.transfer import stylize
 
-    base: list[float] = []
     seen: dict = {"tiles": 0}
     start: list[float] = []
 
     def progress(p):
         if p.stage == "preparing":
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-                base.append(_status_mb("VmRSS"))
-            except OSError:
-                pass
+            _reset_peak()
             start.append(time.perf_counter())
         if p.stage == "optimizing":
             seen["tiles"] = max(seen["tiles"], p.tiles)
@@ -99,8 +86,8 @@ def worker(spec: dict) -> dict:
               "hw": seen.get("hw"),
               "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     hwm = _status_mb("VmHWM")
-    if hwm is not None and base and base[0] is not None:
-        result["extra_mb"] = hwm - base[0]
+    if hwm is not None and _rss_at_reset and _rss_at_reset[0] is not None:
+        result["extra_mb"] = hwm - _rss_at_reset[0]
     if spec.get("seam_tile"):
         img = torch.from_numpy(np.asarray(out, np.float32) / 255).permute(2, 0, 1)
         rows, cols = tiles.seams(tiles.grid((h, w), spec["seam_tile"]))

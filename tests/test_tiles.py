@@ -265,3 +265,16 @@ def test_the_memory_budget_bounds_peak_memory(random_weights_file):
     # 384x384 in float32 at ~2.5 kB/px: ~350 MB untiled; the budget leaves 64 MB for pixels.
     assert tiled["extra_mb"] < 320, tiled
     assert tiled["extra_mb"] < 0.6 * untiled["extra_mb"], (tiled, untiled)
+
+
+def test_progress_frames_carry_the_working_size_the_tiles_and_the_note():
+    from nst_engine.progress import Progress
+    from nst_engine.serve import _Throttle
+
+    sent = []
+    _Throttle(sent.append, 7)(Progress(stage="optimizing", level=6, levels=6, iteration=5,
+                                       total=9, elapsed=1.0, width=4000, height=3000, tiles=6,
+                                       note="Out of memory at 4000x3000 px: retrying"))
+    assert {k: sent[0][k] for k in ("id", "width", "height", "tiles", "note")} == {
+        "id": 7, "width": 4000, "height": 3000, "tiles": 6,
+        "note": "Out of memory at 4000x3000 px: retrying"}
