@@ -13,7 +13,10 @@ anyway is retried once in smaller tiles.
 
 The Adam loop never waits for the device: the losses go into a buffer on the device and are
 read back (checked for NaN, reported) every ``READBACK_STEPS`` steps or ``READBACK_SECONDS``,
-whichever comes first; on the CPU, where reading costs nothing, after every step.
+whichever comes first; on the CPU, where reading costs nothing, after every step. CUDA graphs
+are not used: whether they pay could not be measured where this was written (no GPU); the
+s/iter rows of ``benchmarks/bench_gpu.py`` against the plain loop show how much launch overhead
+is left for them to remove.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import secrets
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -342,6 +346,7 @@ def _level_with_retry(run: _Run, level: levels.Level, **kw) -> Tensor:
             if not _is_oom(e):
                 raise
             failure = e
+            traceback.clear_frames(e.__traceback__)  # the failed attempt's tensors go now
         _release(run.dev)
         tile = None if retry else levels.smaller_tile(attempt, run.memory)
         if tile is None:
