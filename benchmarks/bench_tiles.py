@@ -118,7 +118,7 @@ def _machine() -> str:
 
 
 def memory_rows(args, weights: str) -> None:
-    full = {"max_size": 64, "levels": 1, "iterations": args.iterations, "seed": 0,
+    full = {"max_size": args.size, "levels": 1, "iterations": args.iterations, "seed": 0,
             "full_resolution": "always"}
     print(f"\n| run ({args.size}x{args.size * 3 // 4}, one level, {args.iterations} steps) | "
           "tiles | peak RSS MB (process) | MB added by the run | seconds |")
