@@ -100,6 +100,14 @@ def engine(random_weights_file, tmp_path_factory):
     client.close()
 
 
+def next_answer(client):
+    """The next reply that is not progress (a job queued behind the one just finished may be
+    told it is ``waiting`` first)."""
+    while (reply := next_reply(client)).type == Msg.PROGRESS:
+        pass
+    return reply
+
+
 def still_serving(client) -> None:
     result = in_thread(lambda: client.stylize(content_image(4, 3), [(style_image(4, 4), 1.0)],
                                               overrides={**TINY, "iterations": 1}))
@@ -110,7 +118,7 @@ def still_serving(client) -> None:
 def test_hostile_request_is_answered_and_the_engine_goes_on(engine, name):
     data, code, words = HOSTILE[name]
     send_raw(engine, data)
-    reply = next_reply(engine)
+    reply = next_answer(engine)
     assert reply.type == Msg.ERROR and reply.header["code"] == code, reply.header
     assert words in reply.header["message"], reply.header["message"]
     assert len(reply.header["message"]) < BOUND and reply.header["hint"]
@@ -127,7 +135,7 @@ def test_cancel_and_duplicate_ids_of_a_running_job(engine):
     send_raw(engine, stylize("job-1", overrides=ENDLESS))
     while not optimizing:
         reply = next_reply(engine)
-        assert reply.type == Msg.PROGRESS, reply.header
+        assert reply.type == Msg.PROGRESS and reply.header["id"] == "job-1", reply.header
         optimizing = reply.header["stage"] == "optimizing"
     send_raw(engine, stylize("job-1"))
     send_raw(engine, raw({"type": Msg.CANCEL, "id": [["job-1"]]}))
@@ -139,8 +147,7 @@ def test_cancel_and_duplicate_ids_of_a_running_job(engine):
     assert errors[0]["code"] == Code.BAD_REQUEST and "has not finished" in errors[0]["message"]
     assert errors[1]["code"] == Code.BAD_REQUEST and "'id'" in errors[1]["message"]
     send_raw(engine, raw({"type": Msg.CANCEL, "id": "job-1"}))
-    while (reply := next_reply(engine)).type == Msg.PROGRESS:
-        pass
+    reply = next_answer(engine)
     assert reply.type == Msg.ERROR and reply.header["code"] == Code.CANCELLED
     assert reply.header["id"] == "job-1"
     still_serving(engine)
