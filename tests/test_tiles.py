@@ -157,6 +157,25 @@ def test_max_size_full_optimises_at_the_content_size_not_an_upscale(random_weigh
     assert out.shape == (100, 150, 3)
 
 
+def test_cli_max_size_full_optimises_at_the_content_size(tmp_path, random_weights_file,
+                                                         monkeypatch):
+    from nst_engine import cli
+
+    seen = []
+    real = transfer_module.stylize
+    monkeypatch.setattr(transfer_module, "stylize",
+                        lambda **kw: real(**{**kw, "progress": seen.append}))
+    _photo(150, 100).save(tmp_path / "c.png")
+    _style().save(tmp_path / "s.png")
+    rc = cli.main(["stylize", str(tmp_path / "c.png"), "-s", str(tmp_path / "s.png"), "-o",
+                   str(tmp_path / "o.png"), "--max-size", "full", "--iterations", "4",
+                   "--seed", "1", "--device", "cpu", "--weights", str(random_weights_file),
+                   "-q"])
+    assert rc == 0 and Image.open(tmp_path / "o.png").size == (150, 100)
+    sizes = [(p.width, p.height) for p in seen if p.stage == "optimizing"]
+    assert sizes[-1] == (150, 100) and max(sizes) == (150, 100)
+
+
 def _interior(hw, grid, margin):
     """Pixels at least ``margin`` px from every edge of every tile that covers them."""
     keep = np.ones(hw, bool)
