@@ -268,8 +268,9 @@ class PreviewPane:
         self._worker = PreviewWorker(make_client, self._from_worker)
         self.widget = self._build_widgets()
         self._pack_beside_fields(dialog)
-        self._notify_id = config.connect("notify", self._on_setting_changed)
         self._config = config
+        self._values = {name: self._value(name) for name in self._watched}
+        self._notify_id = config.connect("notify", self._on_setting_changed)
         self._schedule()  # the first preview starts once the dialog is up
         if self._dump_dir:
             # Test hook: how long GTK's main loop went without running (the dialog frozen).
@@ -350,9 +351,21 @@ class PreviewPane:
 
     # ------------------------------------------------------------------ settings
 
+    def _value(self, name):
+        """A setting's value, comparable (layers by id)."""
+        value = self._config.get_property(name)
+        get_id = getattr(value, "get_id", None)
+        return ("item", get_id()) if get_id is not None else value
+
     def _on_setting_changed(self, _config, pspec):
         if self._closed or pspec.name not in self._watched:
             return
+        # GIMP's fields also notify when a value is committed unchanged (Tab out of a spin
+        # button): that must not cancel a preview of these very settings.
+        value = self._value(pspec.name)
+        if self._values.get(pspec.name) == value:
+            return
+        self._values[pspec.name] = value
         self._worker.invalidate()  # a preview in progress is out of date now
         self._generation = None
         if self._shown is not None:
