@@ -57,6 +57,13 @@ def test_whole_layer_gets_one_new_layer_above_the_source(checks):
     assert r["source_unchanged"] and r["style_unchanged"]
 
 
+def test_max_size_minus_one_is_accepted_and_runs_at_the_regions_size(checks):
+    r = get(checks, "full_size")
+    assert_success(r)
+    assert r["size"] == [80, 64] and r["differs_rgb"] > 0.5
+    assert r["source_unchanged"] and r["style_unchanged"]
+
+
 def test_unverified_weights_are_announced(checks):
     # The suite runs on random weights: the plug-in must say the result is not real VGG19's.
     assert "Style Transfer: unknown checksum" in checks["gimp_output"]

@@ -214,6 +214,15 @@ def whole_layer():
 
 
 @check
+def full_size():
+    """max-size -1: the region's own size on any device (the contract's int, below 0)."""
+    image, src, style = two_layer_image()
+    r = stylize_check(image, src, style, **{"max-size": -1})
+    image.delete()
+    return r
+
+
+@check
 def rect_selection():
     image, src, style = two_layer_image()
     # Image coordinates; part of it lies outside the photo layer (which starts at 5,7).
