@@ -153,6 +153,16 @@ def test_cancel_and_duplicate_ids_of_a_running_job(engine):
     still_serving(engine)
 
 
+def test_client_refuses_a_request_it_cannot_encode(engine):
+    """A NaN setting from a script using the client: a bad request, not an engine crash, and
+    nothing was written, so the engine is still in step."""
+    with pytest.raises(EngineFailed) as e:
+        engine.stylize(content_image(4, 3), [(style_image(4, 4), 1.0)],
+                       overrides={**TINY, "strength": float("nan")})
+    assert e.value.code == Code.BAD_REQUEST and "cannot be sent" in e.value.message
+    still_serving(engine)
+
+
 def test_engine_exits_when_input_ends_after_hostile_input(engine):
     send_raw(engine, HOSTILE["cancel id nested"][0] + HOSTILE["stylize id nan"][0])
     engine._proc.stdin.close()

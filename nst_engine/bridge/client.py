@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .wire import (DEFAULT_MAX_PAYLOAD, ENGINE_TYPES, PROTOCOL_VERSION, Code, Msg,
+from .wire import (DEFAULT_MAX_PAYLOAD, ENGINE_TYPES, PROTOCOL_VERSION, Code, EncodeError, Msg,
                    ProtocolError, RGBAImage, Role, read_frame, write_frame)
 
 LOG_NAME = "engine.log"
@@ -439,6 +439,10 @@ class EngineClient:
         try:
             try:
                 self._send(header, content.data, *(img.data for img, _ in styles))
+            except EncodeError as e:  # raised before a byte is written: the caller's values
+                raise EngineFailed(Code.BAD_REQUEST, f"This request cannot be sent ({e}).",
+                                   "Settings must be finite numbers, texts or true/false.",
+                                   self.log_path) from None
             except (OSError, ValueError):
                 raise self._died(Code.ENGINE_CRASHED, "while receiving a job") from None
             while True:
