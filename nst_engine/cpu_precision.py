@@ -24,7 +24,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class CpuPrecision:
     rounds: int = 0
     seconds: float = 0.0          # how long the measurement took
     load: float | None = None     # 1-minute load average when measured (Unix): how busy
+    settled: bool = True          # False: too few rounds to trust; not cached, measured again
     measured_at: str = ""
     cache_path: str = ""
     cache_note: str = ""          # e.g. the cache could not be written
@@ -194,11 +195,16 @@ def measure() -> CpuPrecision:
         _round(probe, False)
         fp32_s, bf16_s, rounds = _race(probe, start)
     ratio = bf16_s / fp32_s
-    chosen = ratio <= BF16_MAX_RATIO
     why = (f"bfloat16 convolutions take {ratio:.2f}x the time of float32 here (best of "
-           f"{rounds} interleaved rounds each); bfloat16 is used at <= {BF16_MAX_RATIO}x: "
-           + ("bfloat16" if chosen else "float32"))
-    return result(chosen, why, fp32_s, bf16_s, rounds)
+           f"{rounds} interleaved rounds each); bfloat16 is used at <= {BF16_MAX_RATIO}x: ")
+    if rounds < MIN_ROUNDS and ratio <= GIVE_UP:
+        # A machine so busy that the time limit cut the race short: too few samples to trust
+        # either way. float32 (exact, never far slower) for this process; not cached.
+        return replace(result(False, why + f"float32 for now (only {rounds} round(s) in "
+                                     "the time limit: a busy machine; measured again at the "
+                                     "next start)", fp32_s, bf16_s, rounds), settled=False)
+    chosen = ratio <= BF16_MAX_RATIO
+    return result(chosen, why + ("bfloat16" if chosen else "float32"), fp32_s, bf16_s, rounds)
 
 
 # -- the cache ------------------------------------------------------------------------------
@@ -260,8 +266,9 @@ def choose(*, remeasure: bool = False) -> CpuPrecision:
                                   **{k: entry[k] for k in _ENTRY_FIELDS})
         else:
             m = measure()
-            note = _write_cache(path, memo_key[1],
-                                {k: getattr(m, k) for k in _ENTRY_FIELDS} | {"key": key})
+            note = (_write_cache(path, memo_key[1],
+                                 {k: getattr(m, k) for k in _ENTRY_FIELDS} | {"key": key})
+                    if m.settled else "")
             choice = CpuPrecision(**{**m.to_json(), "cache_path": str(path),
                                      "cache_note": note})
         _memo[memo_key] = choice

@@ -157,7 +157,8 @@ def _print_cpu_precision(c: dict | None) -> None:
     how = {"override": "set by NST_ENGINE_CPU_BF16",
            "cache": f"measured {c['measured_at']}, cached in {c['cache_path']}",
            "measured": f"measured now in {c['seconds']:.2f} s"
-                       + (f", cached in {c['cache_path']}" if not c["cache_note"] else "")
+                       + (f", cached in {c['cache_path']}"
+                          if c.get("settled", True) and not c["cache_note"] else ", not cached")
            }[c["source"]]
     print(f"precision:   {c['precision']} convolutions ({how})")
     if c["fp32_ms"] is not None:

@@ -135,5 +135,15 @@ def test_real_measurement_on_this_cpu(data):
     m = CP.measure()
     assert m.source == "measured" and m.rounds >= 1
     assert m.fp32_ms > 0 and m.bf16_ms > 0
-    assert m.bf16 == (m.bf16_ms / m.fp32_ms <= CP.BF16_MAX_RATIO)
+    assert m.bf16 == (m.settled and m.bf16_ms / m.fp32_ms <= CP.BF16_MAX_RATIO)
     assert not (data / CP.CACHE_FILE).exists()  # measure() alone caches nothing
+
+
+def test_a_race_cut_short_by_a_busy_machine_is_float32_and_not_cached(data, monkeypatch):
+    # The clock passes the deadline within the first round; bfloat16 looks faster.
+    clock = iter(range(10_000))
+    monkeypatch.setattr(CP.time, "perf_counter", lambda: float(next(clock)) * CP.DEADLINE_S)
+    fake_rounds(monkeypatch, [0.01], [0.004])
+    c = CP.choose()
+    assert (c.bf16, c.settled) == (False, False) and c.rounds < CP.MIN_ROUNDS
+    assert "measured again" in c.reason and not (data / CP.CACHE_FILE).exists()
