@@ -110,6 +110,9 @@ def main() -> int:
     p.add_argument("--sizes", default=",".join(SIZES), help="of: " + ", ".join(SIZES))
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nstb"))
+    # `python -m` looks in the current folder first: out of the checkout, so each engine is
+    # the tree its PYTHONPATH names (the baseline really is the baseline).
+    os.chdir(tmp)
     os.environ["NST_RUNTIME_DIR"] = str(tmp / "run")
     os.environ[warm.BUILD_ENV] = "bench"  # others editing the checkout must not swap engines
     rows: list[tuple[str, float, str]] = []
