@@ -3,6 +3,10 @@
     python benchmarks/presets.py                      # every built-in, each run in full
     python benchmarks/presets.py --sample 6           # 6 steps per level, the rest extrapolated
     python benchmarks/presets.py --presets quick,balanced --out -   # print, write nothing
+    python benchmarks/presets.py --section "AVX2 (ISA cap)"   # that section of presets.md
+
+presets.md holds one section per CPU class; a run replaces the section of its ``--section``
+name (default: the CPU model, the precision the engine uses and any ISA cap) and keeps the rest.
 
 Runs on a generated content/style pair with a RANDOM-WEIGHT VGG19 file (the pretrained
 weights cannot be downloaded here): the times are real, the pictures are not. Random and
@@ -116,9 +120,29 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    from nst_engine.devices import autocast_dtype
+
+    cap = next((f"{e}={os.environ[e]}" for e in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+                if os.environ.get(e)), "")
+    precision = "bfloat16" if autocast_dtype(torch.device("cpu")) else "float32"
     return {"cpu": cpu, "nproc": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "os": platform.platform()}
+            "os": platform.platform(), "isa_cap": cap, "precision": precision}
+
+
+def write_section(path: Path, heading: str, body: str) -> None:
+    """Replace the ``## heading`` section of ``path`` (up to the next ``## ``), or append it."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Preset timings (CPU)\n"
+    lines = text.rstrip("\n").split("\n")
+    title = f"## {heading}"
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines[start:end] = [title, *body.rstrip("\n").split("\n"), ""]
+    else:
+        lines += ["", title, *body.rstrip("\n").split("\n")]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
 
 
 def load() -> str:
@@ -139,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, help="VGG19 file (default: a generated random one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "presets.md"),
                     help="markdown file to write, or - for stdout only")
+    ap.add_argument("--section", help="the presets.md section to write (default: CPU model, "
+                                      "precision and ISA cap)")
     ap.add_argument("--raw", metavar="SIZES",
                     help="only time bare VGG19 steps at these longest sides (e.g. 128,256,512)")
     args = ap.parse_args(argv)
@@ -181,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         load_after = load()
 
     m = machine()
+    cap = f", {m['isa_cap']} (an ISA cap on this CPU, not other hardware)" if m["isa_cap"] else ""
+    heading = args.section or f"{m['cpu']}, {m['precision']}{cap}"
     text = "\n".join([
-        "# Preset timings (CPU)",
-        "",
         "Made with **random VGG19 weights** (`nst_engine.testing`): the times are real, the "
         "pictures are not.",
         f"Content {CONTENT_SIZE[0]}x{CONTENT_SIZE[1]}, one style {STYLE_SIZE[0]}x"
@@ -192,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "Command: `" + " ".join(["python benchmarks/presets.py", *(argv or sys.argv[1:])]) + "`",
         "",
         f"Machine: {m['cpu']}, nproc {m['nproc']}, torch threads {m['threads']}, "
-        f"torch {m['torch']}, Python {m['python']}, {m['os']}.",
+        f"torch {m['torch']}, Python {m['python']}, {m['os']}; convolutions in "
+        f"{m['precision']}{cap}.",
         f"Load before: `{load_before}`",
         f"Load after: `{load_after}`",
         "",
@@ -203,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     if args.out == "-":
-        print(text)
+        print(f"## {heading}\n\n{text}")
     else:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}")
+        write_section(Path(args.out), heading, "\n" + text)
+        print(f"wrote section '{heading}' of {args.out}")
     return 0
 
 
