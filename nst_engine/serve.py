@@ -170,12 +170,15 @@ class _Jobs:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._queue: deque = deque()  # (session, frame, cancel event)
-        self._busy = False
+        self._running: "_Server | None" = None  # whose job runs now
         self.last_active = time.monotonic()
 
     def submit(self, session: "_Server", frame: wire.Frame, cancel: threading.Event) -> None:
         with self._cond:
-            behind = self._busy or bool(self._queue)
+            # Only another client's job makes this one wait (its own previous job may still be
+            # finishing when a quick client sends the next).
+            behind = (self._running not in (None, session)
+                      or any(other is not session for other, _, _ in self._queue))
             self._queue.append((session, frame, cancel))
             self._cond.notify_all()
         if behind:
@@ -189,10 +192,6 @@ class _Jobs:
         with self._cond:
             self.last_active = time.monotonic()
             self._cond.notify_all()
-
-    def idle_for(self) -> float:
-        with self._cond:
-            return 0.0 if self._busy or self._queue else time.monotonic() - self.last_active
 
     def work(self, stopping: threading.Event, idle_exit: float | None = None) -> None:
         """Run jobs until ``stopping`` is set or, with ``idle_exit``, nothing happened for that
@@ -208,13 +207,13 @@ class _Jobs:
                     self._cond.wait(0.25)
                     continue
                 session, frame, cancel = self._queue.popleft()
-                self._busy = True
+                self._running = session
             try:
                 session.run_job(frame, cancel)
             finally:
                 _release_cached_memory()
                 with self._cond:
-                    self._busy = False
+                    self._running = None
                     self.last_active = time.monotonic()
 
     def _answer_cancelled(self, stopping: threading.Event) -> None:
