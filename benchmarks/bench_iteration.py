@@ -341,6 +341,10 @@ def main() -> int:
                     # The pyramid's finest level gets a third of the steps: give it the same.
                     n = args.iterations * 3 if mode.startswith("pyramid") else args.iterations
                     r = _measure(mode, size, n, weights, device, args.threads)
+                    print(f"# round {_ + 1}, {size} px, {mode}: "
+                          + (f"{r['sec_per_iter']:.3f} s/iter, CPU {r['cpu_per_iter']:.3f}"
+                             if "error" not in r else f"failed: {r['error']}"),
+                          file=sys.stderr, flush=True)
                     old = best.get(mode)
                     if old is None or "error" in old:
                         best[mode] = r

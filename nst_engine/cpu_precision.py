@@ -1,17 +1,19 @@
 """bfloat16 or float32 convolutions on this CPU: decided by timing both here, not by a flag.
 
-bfloat16 pays only where the CPU multiplies it fast: Intel's AMX tiles (~2.7x float32) and the
-AVX-512 BF16 units of AMD Zen 4/5 (~2x). Elsewhere it is slower than float32: a little where
-bfloat16 exists without AMX's throughput (a Xeon whose hypervisor hides AMX), 40x where the CPU
-has no bfloat16 instructions and oneDNN converts every element. No feature flag tells these
+bfloat16 pays only where the CPU multiplies it fast: Intel's AMX tiles (~2.9x float32 per
+iteration) and the AVX-512 BF16 units of AMD Zen 4/5 (~2x). Elsewhere it is slower than float32:
+somewhat where bfloat16 exists without AMX's throughput (a Xeon whose hypervisor hides AMX),
+up to 40x without bfloat16 instructions (an AVX2 cap), where oneDNN converts every element.
+(Figures: benchmarks/README.md and issue 14.) No feature flag tells these
 apart (a VM hides flags; ``ONEDNN_MAX_CPU_ISA`` changes the code oneDNN runs, not the chip), so
 we time a few convolutions of the engine's kind, forward and backward, in each precision,
 interleaved, and keep bfloat16 only when its best time is clearly below float32's.
 
 The answer is cached in the data folder (``cpu-precision.json``), one entry per CPU model and
 flags, thread count, torch version and ISA cap: measured on first use (or by ``doctor`` and the
-installer's self-check, which runs the engine once), well under 2 s. ``NST_ENGINE_CPU_BF16=1`` /
-``=0`` overrides it.
+installer's self-check, which runs the engine once): a second or so (time limits in the
+constants below; oneDNN's first-use kernel building comes on top, and takes seconds only on a
+heavily loaded machine). ``NST_ENGINE_CPU_BF16=1`` / ``=0`` overrides it.
 
     python -m nst_engine.cpu_precision [--json]    # measure now (the cache is not touched)
 """
