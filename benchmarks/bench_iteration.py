@@ -336,12 +336,12 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|---|")
         for size in sizes:
             best: dict[str, dict] = {}
-            for _ in range(args.rounds):
+            for round_no in range(1, args.rounds + 1):
                 for mode in modes:
                     # The pyramid's finest level gets a third of the steps: give it the same.
                     n = args.iterations * 3 if mode.startswith("pyramid") else args.iterations
                     r = _measure(mode, size, n, weights, device, args.threads)
-                    print(f"# round {_ + 1}, {size} px, {mode}: "
+                    print(f"# round {round_no}, {size} px, {mode}: "
                           + (f"{r['sec_per_iter']:.3f} s/iter, CPU {r['cpu_per_iter']:.3f}"
                              if "error" not in r else f"failed: {r['error']}"),
                           file=sys.stderr, flush=True)
