@@ -1173,6 +1173,12 @@ def uninstall(args: argparse.Namespace) -> int:
         _say(f"Nothing to uninstall: there is no install record ({mpath}).")
         return 0
     stop_warm_engine(remove_folder=True)
+    # Written by the engine, not the installer, but ours all the same: without it the data
+    # folder could not go.
+    cache = nst_config.cpu_precision_cache_path()
+    if cache.is_file():
+        cache.unlink()
+        _say(f"  removed {cache}")
     kept = []
     # Newest first: a file goes before the folder that holds it, and the data folder (which
     # holds this record) comes after everything in it.

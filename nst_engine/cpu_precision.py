@@ -34,7 +34,6 @@ from typing import Any
 ENV = "NST_ENGINE_CPU_BF16"
 #: oneDNN's instruction-set caps (the second is its older name): part of the cache key.
 ISA_CAP_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-CACHE_FILE = "cpu-precision.json"
 #: Bump when the probe or the rule changes, so older answers are measured again.
 PROBE_VERSION = 1
 #: bfloat16 is chosen only when its best time is at most this fraction of float32's: near a
@@ -119,9 +118,9 @@ def _key_text(key: dict[str, Any]) -> str:
 
 
 def cache_path() -> Path:
-    from .bridge.config import data_dir
+    from .bridge.config import cpu_precision_cache_path
 
-    return data_dir() / CACHE_FILE
+    return cpu_precision_cache_path()
 
 
 # -- measuring ------------------------------------------------------------------------------

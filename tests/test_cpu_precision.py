@@ -45,7 +45,7 @@ def test_override_is_not_measured(data, monkeypatch):
     c = CP.choose()
     assert (c.bf16, c.source) == (False, "override") and CP.ENV in c.reason
     assert autocast_dtype(torch.device("cpu")) is None
-    assert not (data / CP.CACHE_FILE).exists()
+    assert not CP.cache_path().exists()
 
 
 def test_clearly_faster_bfloat16_is_chosen_and_cached(data, monkeypatch):
@@ -55,7 +55,7 @@ def test_clearly_faster_bfloat16_is_chosen_and_cached(data, monkeypatch):
     assert (first.bf16, first.source) == (True, "measured")
     assert (first.fp32_ms, first.bf16_ms) == (10.0, 5.0) and first.rounds >= CP.MIN_ROUNDS
     assert autocast_dtype(torch.device("cpu")) == torch.bfloat16
-    entries = json.loads((data / CP.CACHE_FILE).read_text())["entries"]
+    entries = json.loads(CP.cache_path().read_text())["entries"]
     (key_text, entry), = entries.items()
     key = json.loads(key_text)
     assert key["threads"] == torch.get_num_threads() and key["torch"] == torch.__version__
@@ -79,7 +79,7 @@ def test_a_disturbed_round_does_not_decide(data, monkeypatch):
     fake_rounds(monkeypatch, [0.01, 0.01, 0.08, 0.01], [0.009])
     assert CP.choose().bf16 is False
     monkeypatch.setattr(CP, "_memo", {})
-    (data / CP.CACHE_FILE).unlink()
+    CP.cache_path().unlink()
     # And the other way round: bfloat16 disturbed once, still chosen on its best rounds.
     fake_rounds(monkeypatch, [0.01], [0.005, 0.005, 0.05, 0.005])
     assert CP.choose().bf16 is True
@@ -108,7 +108,7 @@ def test_each_isa_cap_and_thread_count_has_its_own_answer(data, monkeypatch):
     finally:
         torch.set_num_threads(old)
     assert CP.choose().bf16 is True  # the first answer, from memory
-    entries = json.loads((data / CP.CACHE_FILE).read_text())["entries"]
+    entries = json.loads(CP.cache_path().read_text())["entries"]
     assert len(entries) == 3
 
 
@@ -124,10 +124,10 @@ def test_unwritable_data_folder_still_decides_and_says_so(tmp_path, data, monkey
 
 def test_a_damaged_cache_is_measured_again_and_replaced(data, monkeypatch):
     data.mkdir(parents=True)
-    (data / CP.CACHE_FILE).write_text("{ this is not json")
+    CP.cache_path().write_text("{ this is not json")
     fake_rounds(monkeypatch, [0.01], [0.02])
     assert CP.choose().source == "measured"
-    assert json.loads((data / CP.CACHE_FILE).read_text())["entries"]
+    assert json.loads(CP.cache_path().read_text())["entries"]
 
 
 def test_real_measurement_on_this_cpu(data):
@@ -136,7 +136,7 @@ def test_real_measurement_on_this_cpu(data):
     assert m.source == "measured" and m.rounds >= 1
     assert m.fp32_ms > 0 and m.bf16_ms > 0
     assert m.bf16 == (m.settled and m.bf16_ms / m.fp32_ms <= CP.BF16_MAX_RATIO)
-    assert not (data / CP.CACHE_FILE).exists()  # measure() alone caches nothing
+    assert not CP.cache_path().exists()  # measure() alone caches nothing
 
 
 def test_a_race_cut_short_by_a_busy_machine_is_float32_and_not_cached(data, monkeypatch):
@@ -146,4 +146,4 @@ def test_a_race_cut_short_by_a_busy_machine_is_float32_and_not_cached(data, monk
     fake_rounds(monkeypatch, [0.01], [0.004])
     c = CP.choose()
     assert (c.bf16, c.settled) == (False, False) and c.rounds < CP.MIN_ROUNDS
-    assert "measured again" in c.reason and not (data / CP.CACHE_FILE).exists()
+    assert "measured again" in c.reason and not CP.cache_path().exists()

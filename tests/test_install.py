@@ -298,6 +298,9 @@ def test_uninstall_leaves_every_profile_as_it_was(inst):
     # installer's, so neither installed nor uninstalled by it.
     (inst.home / ".nv" / "ComputeCache").mkdir(parents=True, exist_ok=True)
     (inst.home / ".nv" / "ComputeCache" / "index").write_bytes(b"cuda")
+    # The engine's own cache of its measured CPU precision (written on first use, so it may
+    # or may not exist after the self-check): ours, so it goes with the data folder.
+    (inst.data / "cpu-precision.json").write_text("{}")
     res = run_installer(inst.checkout, inst.env, "--uninstall")
     out = _out(res)
     assert res.returncode == 0, out

@@ -60,6 +60,12 @@ def weights_dir() -> Path:
     return data_dir() / "weights"
 
 
+def cpu_precision_cache_path() -> Path:
+    """The engine's measured CPU precision choice (``nst_engine.cpu_precision``): a cache the
+    engine writes itself, which ``install.py --uninstall`` removes with the rest."""
+    return data_dir() / "cpu-precision.json"
+
+
 def default_log_dir() -> Path:
     return data_dir() / "logs"
 
