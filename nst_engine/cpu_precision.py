@@ -35,7 +35,7 @@ ENV = "NST_ENGINE_CPU_BF16"
 #: oneDNN's instruction-set caps (the second is its older name): part of the cache key.
 ISA_CAP_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 #: Bump when the probe or the rule changes, so older answers are measured again.
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 #: bfloat16 is chosen only when its best time is at most this fraction of float32's: near a
 #: tie float32 wins (it is exact, and a busy machine can shift a close race either way).
 BF16_MAX_RATIO = 0.8
@@ -49,6 +49,11 @@ PROBE_SHAPES = ((64, 32), (128, 16), (256, 8))
 #: has: a machine so busy that rounds take that long), or as soon as bfloat16 is GIVE_UP times
 #: slower (a CPU without bfloat16 instructions: no later round can reverse that).
 MIN_ROUNDS, MAX_ROUNDS, BUDGET_S, DEADLINE_S, GIVE_UP = 3, 12, 0.6, 1.2, 3.0
+#: A 1-minute load average above this many runnable tasks per CPU, before or after the race,
+#: means other work shared the cores: its timings cannot be trusted (seen here: at load 11 on
+#: 2 cores bfloat16 timed 0.68x float32, quiet it takes 1.5x). float32 for that process, and
+#: nothing cached.
+BUSY_LOAD_PER_CPU = 0.75
 #: Entries kept in the cache file (one per CPU / thread count / torch / cap seen).
 MAX_ENTRIES = 16
 
@@ -171,6 +176,16 @@ def _race(inputs, start: float) -> tuple[float, float, int]:
     return best[False], best[True], rounds
 
 
+def _load_per_cpu() -> float | None:
+    """1-minute load average per CPU (Unix), or None where the OS does not say."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return None
+
+
 def measure() -> CpuPrecision:
     """Time both precisions now (well under 2 s) and decide; nothing is cached."""
     import torch
@@ -194,10 +209,17 @@ def measure() -> CpuPrecision:
         except RuntimeError as e:  # an old torch, or a CPU without bfloat16 convolutions
             return result(False, f"bfloat16 convolutions do not run here ({e}): float32")
         _round(probe, False)
+        busy_before = _load_per_cpu()
         fp32_s, bf16_s, rounds = _race(probe, start)
+        busy = max((x for x in (busy_before, _load_per_cpu()) if x is not None), default=0.0)
     ratio = bf16_s / fp32_s
     why = (f"bfloat16 convolutions take {ratio:.2f}x the time of float32 here (best of "
            f"{rounds} interleaved rounds each); bfloat16 is used at <= {BF16_MAX_RATIO}x: ")
+    if busy > BUSY_LOAD_PER_CPU:
+        return replace(result(False, why + f"float32 for now (load average {busy:.2f} per "
+                                     "CPU: other work shared the cores, so the race is not "
+                                     "trusted; measured again at the next start)",
+                              fp32_s, bf16_s, rounds), settled=False)
     if rounds < MIN_ROUNDS and ratio <= GIVE_UP:
         # A machine so busy that the time limit cut the race short: too few samples to trust
         # either way. float32 (exact, never far slower) for this process; not cached.
