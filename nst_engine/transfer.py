@@ -517,8 +517,7 @@ def _lbfgs(run: _Run, x: Tensor, objective: _Objective, n_steps: int, check_canc
                             line_search_fn="strong_wolfe")
     count = 0
     best = (math.inf, x.detach().clone())
-    losses = _Readback(run)
-    losses.every = 1
+    losses = _Readback(run)  # read after every evaluation: the line search needs the values
 
     def closure():
         nonlocal count, best
@@ -527,7 +526,6 @@ def _lbfgs(run: _Run, x: Tensor, objective: _Objective, n_steps: int, check_canc
             raise _BudgetSpent
         opt.zero_grad(set_to_none=True)
         total, parts = objective(x)
-        losses.pending = 0
         losses.record(total, parts)
         vals = losses.read()
         total.backward()
