@@ -31,6 +31,29 @@ def x(*args):
     return done.stdout.strip()
 
 
+def find_dialog(seconds=FIRST_PREVIEW_S):
+    """The dialog's window id. ``xdotool search`` fails outright (BadWindow) when a window
+    vanishes while it walks the tree, e.g. the previous dialog's as its plug-in exits: then an
+    empty id would focus nothing and every key press would be lost, so search again."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ids = x("search", "--onlyvisible", "--name", "^Style Transfer$").split()
+        if ids:
+            return ids[0]
+        time.sleep(0.5)
+    raise RuntimeError(f"no visible 'Style Transfer' window within {seconds:.0f} s")
+
+
+def focus(window):
+    """Give the dialog the keyboard (no window manager: nobody else does) and check it has it."""
+    for _ in range(20):
+        x("windowfocus", window)
+        if x("getwindowfocus", "-f") == window:
+            return
+        time.sleep(0.25)
+    log(f"focus: window {window} did not get the keyboard")
+
+
 def previews():
     out = []
     for path in sorted(glob.glob(os.path.join(DUMP, "preview-*.json"))):
@@ -66,7 +89,8 @@ def set_field(window, mnemonic, value, wanted, what, waits):
     for a preview that ``wanted`` accepts. Typing a value is idempotent, so a key press GIMP
     missed is sent again after each of ``waits`` (seconds) but the last."""
     for wait in waits:
-        x("windowfocus", window, "key", "--delay", "80", mnemonic, "ctrl+a")
+        focus(window)
+        x("key", "--delay", "80", mnemonic, "ctrl+a")
         x("type", "--delay", "80", value)
         x("key", "--delay", "80", "Tab")
         done = wait_for(lambda: [p for p in previews() if wanted(p)], wait, what)
@@ -80,7 +104,7 @@ def overrides(p):
 
 
 try:
-    window = x("search", "--sync", "--name", "^Style Transfer$").split("\n")[0]
+    window = find_dialog()
     found["window"] = window
     x("windowraise", window)
     if MODE == "shot":
@@ -103,12 +127,15 @@ try:
             if set_field(window, "alt+i", "2", lambda p: overrides(p)["max_size"] == 64
                          and overrides(p)["iterations"] == 2,
                          "preview with 2 steps", (30.0, NEXT_PREVIEW_S, NEXT_PREVIEW_S)):
-                x("windowfocus", window, "key", "alt+o")  # _OK
+                focus(window)
+                x("key", "alt+o")  # _OK
                 found["pressed_ok"] = True
     found["previews"] = previews()
 finally:
     if not found.get("pressed_ok"):
         # Cancel: Escape in a dialog is its Cancel button.
-        x("windowfocus", found.get("window") or "0", "key", "Escape")
+        if found.get("window"):
+            focus(found["window"])
+        x("key", "Escape")
     with open(OUT + ".driver.json", "w") as f:
         json.dump(found, f, indent=1)
