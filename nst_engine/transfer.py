@@ -39,6 +39,7 @@ from PIL import Image
 from torch import Tensor
 
 from . import color, levels, tiles
+from .adam import Adam
 from .devices import autocast_dtype, resolve_device
 from .errors import Cancelled, EngineError, InvalidInput, NumericalError, OutOfMemory
 from .imageio import has_alpha
@@ -478,14 +479,13 @@ def _optimise(run: _Run, objective: _Objective, init: Tensor, n_steps: int,
 
 def _adam(run: _Run, x: Tensor, objective: _Objective, n_steps: int, check_cancel) -> Tensor:
     """Adam on the pixels; the result is the running average of the iterates."""
-    fused = {"fused": True} if x.device.type == "cuda" else {}  # one kernel for the update
-    opt = torch.optim.Adam([x], lr=run.params.learning_rate, **fused)
+    opt = Adam(x, lr=run.params.learning_rate)  # not torch.optim's: see nst_engine/adam.py
     avg = x.detach().clone()
     keep = 1.0 - run.params.average_decay
     losses = _Readback(run)
     for i in range(n_steps):
         check_cancel()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         total, parts = objective(x)
         total.backward()
         opt.step()
