@@ -667,7 +667,10 @@ def step_weights(ctx: Ctx) -> None:
     cache = Path(target)
     source = str(Path(args.weights).expanduser().resolve()) if args.weights else "download"
     if args.weights and not Path(source).is_file():
-        raise InstallError(f"--weights {args.weights}: no such file.",
+        what = ("is a folder" if Path(source).is_dir() else
+                "is not a regular file (a pipe, a device or a socket)" if Path(source).exists()
+                else "no such file")
+        raise InstallError(f"--weights {args.weights}: {what}.",
                            "Give the path of a VGG19 .pth file (torchvision's "
                            "vgg19-dcbb9e9d.pth or the Caffe conversion vgg19-d01eb7cb.pth).")
     record = m.data.get("weights") or {}

@@ -396,6 +396,22 @@ def test_offline_without_weights_names_the_weights_option(tmp_path):
     assert not (profile / "plug-ins").exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_weights_that_are_not_a_file_are_named_for_what_they_are(tmp_path):
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    env = _env(tmp_path / "home", tmp_path / "data", tmp_path / "config")
+    fifo = tmp_path / "vgg19.pth"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would block the installer forever
+    for path, what in ((fifo, "is not a regular file"), (tmp_path, "is a folder")):
+        res = run_installer(ROOT, env, "--python", sys.executable, "--gimp-dir", str(profile),
+                            "--weights", str(path), timeout=300)
+        out = _out(res)
+        assert res.returncode == 1, out
+        assert f"--weights {path}: {what}" in out and "Traceback" not in out
+    assert not (profile / "plug-ins").exists()
+
+
 # ------------------------------------------------------------------------------------------
 # pieces, in-process
 
