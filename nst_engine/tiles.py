@@ -90,21 +90,14 @@ def _ramp(n: int, length: int, width: int | None = None) -> Tensor:
     return out
 
 
-def _weights(tile: Tile, narrow: bool) -> Tensor:
+def weights(tile: Tile, texture: bool = False) -> Tensor:
+    """The tile's blend weights, ``[1, 1, h, w]``: 0→1 across its overlaps with earlier tiles,
+    over the whole overlap, or (``texture``) over its middle 1/NARROW_FRACTION."""
     h, w = tile.bottom - tile.top, tile.right - tile.left
-    top = _ramp(tile.overlap_top, h, _narrow(tile.overlap_top) if narrow else None)
-    left = _ramp(tile.overlap_left, w, _narrow(tile.overlap_left) if narrow else None)
-    return (top[:, None] * left[None, :])[None, None]
 
-
-def _narrow(overlap: int) -> int:
-    return max(2, overlap // NARROW_FRACTION)
-
-
-def weights(tile: Tile) -> Tensor:
-    """The tile's blend weights for smooth content, ``[1, 1, h, w]``: 0→1 across its overlaps
-    with earlier tiles, over the whole overlap."""
-    return _weights(tile, narrow=False)
+    def ramp(n: int, length: int) -> Tensor:
+        return _ramp(n, length, max(2, n // NARROW_FRACTION) if texture else None)
+    return (ramp(tile.overlap_top, h)[:, None] * ramp(tile.overlap_left, w)[None, :])[None, None]
 
 
 def _low_pass(img: Tensor, sigma: float) -> Tensor:
@@ -140,8 +133,8 @@ def blend_into(canvas: Tensor, tile: Tile, result: Tensor) -> None:
         region.copy_(result)
         return
     sigma = max(1.0, overlap / LOW_PASS_FRACTION)
-    wide = _weights(tile, narrow=False).to(canvas.device, canvas.dtype)
-    narrow = _weights(tile, narrow=True).to(canvas.device, canvas.dtype)
+    wide = weights(tile).to(canvas.device, canvas.dtype)
+    narrow = weights(tile, texture=True).to(canvas.device, canvas.dtype)
     # The canvas's low band from the overlap alone (a normalised blur): past the overlap it
     # holds the level's starting image, which must not leak into the blend.
     shared = (wide < 1).to(canvas.dtype)

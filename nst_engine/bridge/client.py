@@ -306,9 +306,7 @@ class EngineClient:
                 "config.json.", self.log_path) from None
         self._job = _kill_on_close_job(self._proc)
         self._rfile, self._wfile = self._proc.stdout, self._proc.stdin
-        self._reader = threading.Thread(target=self._read_loop, name="nst-engine-reader",
-                                        daemon=True)
-        self._reader.start()
+        self._start_reader()
         item = self._next(timeout=self.hello_timeout)
         if item is None:
             self.close(kill=True)
@@ -353,10 +351,13 @@ class EngineClient:
         self._log.write(f"{time.strftime('%H:%M:%S')} client[{os.getpid()}]: connected to the "
                         f"warm engine, pid {self.hello.get('pid')}\n".encode())
         self._log.flush()
+        self._start_reader()
+        return self.hello
+
+    def _start_reader(self) -> None:
         self._reader = threading.Thread(target=self._read_loop, name="nst-engine-reader",
                                         daemon=True)
         self._reader.start()
-        return self.hello
 
     def _close_direct(self, kill: bool) -> None:
         """End our session with the warm engine (it stays): shutdown, then our end closes."""
