@@ -12,7 +12,9 @@ iterations add on top of the memory resident when they start (Linux: VmHWM, rese
 s/iter is the fastest measured iteration (the machine is shared: the minimum is the least
 disturbed figure); the JSON of each worker also has the median. ``--rounds N`` runs every row N
 times, the rows interleaved (plain, engine, ..., plain, engine, ...), and keeps each row's best,
-so a burst of load from other processes hits all rows alike. "CPU s/iter" is the process's CPU
+so a burst of load from other processes hits all rows alike; each row's time over the plain
+loop's in the same round is also printed (median and range over the rounds): the steadier
+figure on a machine whose speed drifts. "CPU s/iter" is the process's CPU
 time per iteration (best iteration): with ``--threads 1`` it is what the work costs whatever
 else the machine runs (on a busy machine wall time also counts the waits for a core). Rows,
 all at the same longest side (content 4:3, style square) and on the same random-weight VGG19:
@@ -26,7 +28,9 @@ all at the same longest side (content 4:3, style square) and on the same random-
             seconds per iteration = optimisation time / iterations (most run on smaller levels)
   --extra adds, on the CPU: engine-float32 and engine-bf16 (each precision forced),
   engine-float32-nchw (float32 in the default memory format and autograd's Gram products: the
-  engine before channels-last, for comparison) and pyramid-float32.
+  engine before channels-last, for comparison), engine-float32-sysheap (float32 with glibc's
+  heap as it is by default: freed large blocks go back to the kernel, ``nst_engine.heap``)
+  and pyramid-float32.
 Random weights cost the same time as real ones; the timings are real, the images are not.
 """
 
@@ -192,7 +196,8 @@ def _default_layout(stylize_module) -> None:
 
 
 def worker_engine(size: int, iterations: int, weights: str, device_name: str, *,
-                  levels: int = 1, precision: str | None = None, nchw: bool = False) -> dict:
+                  levels: int = 1, precision: str | None = None, nchw: bool = False,
+                  system_heap: bool = False) -> dict:
     import torch
 
     from nst_engine import StyleParams
@@ -205,6 +210,9 @@ def worker_engine(size: int, iterations: int, weights: str, device_name: str, *,
         os.environ[ENV] = {"float32": "0", "bf16": "1"}[precision]
     if nchw:
         _default_layout(stylize_module)
+    if system_heap:
+        from nst_engine import heap
+        heap._libc = None  # glibc's own settings: blocks above 32 MB mmapped, unmapped when freed
     params = StyleParams().with_overrides(max_size=size, levels=levels, iterations=iterations,
                                           seed=0)
     content, style = _images(size)
@@ -242,6 +250,8 @@ MODES = {
     "engine-float32": lambda *a: worker_engine(*a, precision="float32"),
     "engine-bf16": lambda *a: worker_engine(*a, precision="bf16"),
     "engine-float32-nchw": lambda *a: worker_engine(*a, precision="float32", nchw=True),
+    "engine-float32-sysheap": lambda *a: worker_engine(*a, precision="float32",
+                                                       system_heap=True),
     "pyramid-float32": lambda *a: worker_engine(*a, levels=3, precision="float32"),
 }
 
@@ -326,7 +336,8 @@ def main() -> int:
             weights = str(make_random_vgg19_file(Path(tmp) / "random-vgg19.pth"))
         modes = ["plain", "engine", "pyramid"]
         if args.extra:
-            modes += ["engine-float32", "engine-bf16", "engine-float32-nchw", "pyramid-float32"]
+            modes += ["engine-float32", "engine-bf16", "engine-float32-nchw",
+                      "engine-float32-sysheap", "pyramid-float32"]
         if args.modes:
             modes = args.modes.split(",")
         mem_key = "cuda_peak_mb" if device == "cuda" else "maxrss_mb"
@@ -336,7 +347,9 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|---|")
         for size in sizes:
             best: dict[str, dict] = {}
+            paired: dict[str, list[float]] = {}  # mode -> its time / plain's, per round
             for round_no in range(1, args.rounds + 1):
+                plain_now = None
                 for mode in modes:
                     # The pyramid's finest level gets a third of the steps: give it the same.
                     n = args.iterations * 3 if mode.startswith("pyramid") else args.iterations
@@ -345,6 +358,11 @@ def main() -> int:
                           + (f"{r['sec_per_iter']:.3f} s/iter, CPU {r['cpu_per_iter']:.3f}"
                              if "error" not in r else f"failed: {r['error']}"),
                           file=sys.stderr, flush=True)
+                    if "error" not in r:
+                        if mode == "plain":
+                            plain_now = r["sec_per_iter"]
+                        elif plain_now:
+                            paired.setdefault(mode, []).append(r["sec_per_iter"] / plain_now)
                     old = best.get(mode)
                     if old is None or "error" in old:
                         best[mode] = r
@@ -368,6 +386,12 @@ def main() -> int:
                       f"{r['cpu_per_iter']:.3f} | {cratio} | "
                       f"{r.get(mem_key, float('nan')):.0f} | "
                       f"{r.get('loop_extra_mb', float('nan')):.0f} |", flush=True)
+            for mode, ratios in paired.items():
+                # The VM's speed drifts between rounds: the rows of one round ran seconds
+                # apart, so their quotient is steadier than the quotient of the best rows.
+                print(f"# {size} px, {mode} / plain within each round: median "
+                      f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-"
+                      f"{max(ratios):.2f}, {len(ratios)} rounds)", flush=True)
     return 0
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from . import color, levels, tiles
+from . import color, heap, levels, tiles
 from .adam import Adam
 from .devices import autocast_dtype, resolve_device
 from .errors import Cancelled, EngineError, InvalidInput, NumericalError, OutOfMemory
@@ -245,13 +245,24 @@ def stylize(*, content: Image.Image,
     """Repaint ``content`` in the style of ``styles`` ((image, blend weight) pairs).
 
     Returns an image of the content's size: RGBA with the content's alpha when it has one,
-    else RGB. Raises ``EngineError`` subclasses for failures a user can act on.
+    else RGB. Raises ``EngineError`` subclasses for failures a user can act on. On the CPU
+    with glibc, the process's heap keeps freed memory while the run lasts (``heap``: fewer
+    page faults per step, a higher peak); glibc's settings are restored when it returns.
     """
     start = time.monotonic()
     check_cancel = _cancel_check(cancel)
     _check_inputs(content, styles)
     check_params(params)  # built in Python, params met no preset or override check
     dev = resolve_device(device)
+    with heap.reuse_freed_memory(dev.type == "cpu"):
+        return _stylize(content, styles, params, dev, weights, weights_kind, progress,
+                        check_cancel, start)
+
+
+def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
+             params: StyleParams, dev: torch.device, weights, weights_kind,
+             progress: Callable[[Progress], None] | None, check_cancel: Callable[[], None],
+             start: float) -> Image.Image:
     run = _Run(params, dev, (content.height, content.width), progress, start)
     run.report("loading")
     model, _ = model_for(weights, weights_kind, params, dev)
