@@ -6,10 +6,10 @@ threshold, at most 32 MB) and unmaps them when freed, so every step writes to fr
 the kernel must fault in and zero: about 100 000 page faults per step at 512 px. While a CPU
 run lasts, ``reuse_freed_memory`` serves every allocation from the heap and never trims it, so
 each step reuses the pages the last one freed (no faults after the first step). Measured on a
-2-core Xeon (benchmarks/README.md, "Where the float32 step goes"): the step takes 0.80-0.95x
-the time at 512 px and 0.78-0.94x at 1024 px; the price is a higher peak (the heap cannot hand
-back a hole between live blocks): +7 % at 512 px, +26 % at 768-1024 px, which the memory model
-(``memory.BYTES_PER_PIXEL``) is measured with. Transparent huge pages for torch's blocks
+2-core Xeon in alternating in-process pairs (benchmarks/README.md, "The heap kept during a CPU
+run"), a step takes a median 0.95x the time at 512 px and 0.89x at 1024 px; the price is a
+higher peak (the heap cannot hand back a hole between live blocks): +7 % at 512 px, +26 % at
+768-1024 px, which the memory model (``memory.BYTES_PER_PIXEL``) is measured with. Transparent huge pages for torch's blocks
 instead (``THP_MEM_ALLOC_ENABLE=1``: no faults per 4 KiB) were slower at 1024 px: 6.8-7.9 s
 per step against 5.0-5.9 s with glibc's defaults and 4.5-4.9 s with this.
 
