@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import sys
 import threading
 from typing import Iterator
 
@@ -37,11 +38,13 @@ _runs = 0
 
 
 def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl has a mallopt stub)
         return libc
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
 
 

@@ -76,3 +76,24 @@ def test_disabled_or_after_an_error_changes_nothing():
         with heap.reuse_freed_memory():
             raise RuntimeError("a failed run")
     assert _mmapped(libc)
+
+
+def test_a_cpu_run_keeps_the_heap_while_it_optimises_and_not_after(random_weights_file):
+    from PIL import Image
+
+    from nst_engine import StyleParams
+    from nst_engine.transfer import stylize
+
+    libc = _libc()
+    seen = []
+
+    def progress(p):
+        if p.stage == "optimizing" and not seen:
+            seen.append(_mmapped(libc))
+
+    img = Image.new("RGB", (64, 48), (90, 140, 60))
+    stylize(content=img, styles=[(img, 1.0)], device="cpu", weights=random_weights_file,
+            params=StyleParams().with_overrides(max_size=64, levels=1, iterations=2, seed=0),
+            progress=progress)
+    assert seen == [False]
+    assert _mmapped(libc)
