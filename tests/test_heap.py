@@ -8,7 +8,9 @@ import pytest
 
 from nst_engine import heap
 
-BLOCK = 40 << 20  # above glibc's largest mmap threshold (32 MB): always mmapped by default
+#: Above glibc's largest mmap threshold (32 MB), so mmapped by default, and larger than any free
+#: chunk the suite's small runs leave in the heap. Never touched: it costs address space only.
+BLOCK = 256 << 20
 
 
 class _MallInfo2(ctypes.Structure):
@@ -27,13 +29,14 @@ def _libc():
     return libc
 
 
-def _mmapped(libc) -> bool:
-    """Whether a fresh large block is served by mmap (glibc's default) or by the heap."""
+def _mmapped(libc, size: int = BLOCK) -> bool:
+    """Whether a fresh large block is served by mmap (glibc's default) or by the heap. (A free
+    chunk already in the heap serves a block whatever the settings.)"""
     before = libc.mallinfo2().hblkhd
-    block = libc.malloc(BLOCK)
+    block = libc.malloc(size)
     assert block
     try:
-        return libc.mallinfo2().hblkhd - before >= BLOCK
+        return libc.mallinfo2().hblkhd - before >= size
     finally:
         libc.free(block)
 
