@@ -7,16 +7,19 @@ the kernel must fault in and zero: about 100 000 page faults per step at 512 px.
 run lasts, ``reuse_freed_memory`` serves every allocation from the heap and never trims it, so
 each step reuses the pages the last one freed (no faults after the first step). Measured on a
 2-core Xeon in alternating in-process pairs (benchmarks/README.md, "The heap kept during a CPU
-run"), a step takes a median 0.95x the time at 512 px and 0.89x at 1024 px; the price is a
-higher peak (the heap cannot hand back a hole between live blocks): +7 % at 512 px, +26 % at
-768-1024 px, which the memory model (``memory.BYTES_PER_PIXEL``) is measured with. Transparent huge pages for torch's blocks
-instead (``THP_MEM_ALLOC_ENABLE=1``: no faults per 4 KiB) were slower at 1024 px: 6.8-7.9 s
-per step against 5.0-5.9 s with glibc's defaults and 4.5-4.9 s with this.
+run"), a step takes a median 0.95x the time at 512 px and 0.89x at 1024 px. The price is a
+higher peak, as a freed block too small for the next request stays in the heap unused: +7 % at
+512 px, +26 % at 768-1024 px, which the memory model (``memory.BYTES_PER_PIXEL``) is measured
+with. Transparent huge pages for torch's blocks instead (``THP_MEM_ALLOC_ENABLE=1``: a fault
+per 2 MiB) were slower at 1024 px: 6.8-7.9 s per step against 5.0-5.9 s with glibc's defaults
+and 4.5-4.9 s with this.
 
-When the last run ends, glibc's settings are restored and the free heap goes back to the kernel
-(``malloc_trim``): an idle warm engine keeps only what it holds, and the next run's memory
-budget (``memory.budget``, from the RAM available) counts nothing freed as used. Only glibc has
-these switches; elsewhere (macOS, Windows, musl) this does nothing.
+When the last run ends, glibc's settings are restored (all but its self-adjusting mmap
+threshold, which these ``mallopt`` calls turn off: it stays where it was, at most 32 MB) and the
+free heap goes back to the kernel (``malloc_trim``): an idle warm engine holds less than with
+glibc's defaults, and the next run's memory budget (``memory.budget``, from the RAM available)
+counts nothing freed as used. Only glibc has these switches; elsewhere (macOS, Windows, musl)
+this does nothing.
 """
 
 from __future__ import annotations
