@@ -45,7 +45,9 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl has a mallopt stub)
+        # gnu_get_libc_version: only glibc has it (musl has a mallopt that does nothing).
+        for name in ("gnu_get_libc_version", "mallopt", "malloc_trim"):
+            getattr(libc, name)
         return libc
     except (OSError, AttributeError, TypeError):
         return None
