@@ -659,7 +659,7 @@ def step_weights(ctx: Ctx) -> None:
     args, m, engine = ctx.args, ctx.manifest, ctx.engine
     assert engine is not None
     env = engine.env()
-    target = _probe(engine.python, "import json; from nst_engine.weights import "
+    target = _probe(engine.python, "import json; from nst_engine.model.weights import "
                     "default_weights_path as p; print(json.dumps(str(p())))", env=env)
     if not target:
         raise InstallError("The engine does not run: it could not even say where its weights go.",
@@ -1039,7 +1039,7 @@ class Report:
 _WEIGHTS_PROBE = """
 import json, sys
 from nst_engine.errors import EngineError
-from nst_engine.weights import load_weights
+from nst_engine.model.weights import load_weights
 try:
     w = load_weights(sys.argv[1] if len(sys.argv) > 1 else None)
 except EngineError as e:

@@ -88,12 +88,12 @@ def w_sync(a: dict) -> dict:
     """Synchronising calls inside the Adam loop, between read-backs."""
     import torch
 
-    from nst_engine import transfer
+    from nst_engine.transfer import optimise, pipeline
 
     content, style = _images(a["size"], a["size"] * 3 // 4)
     kw = dict(content=content, styles=[(style, 1.0)], device=a["device"], weights=a["weights"])
-    transfer.stylize(params=_one_level(a["size"], 10), **kw)  # warm-up, unwatched
-    real_read, real_adam = transfer._Readback.read, transfer._adam
+    pipeline.stylize(params=_one_level(a["size"], 10), **kw)  # warm-up, unwatched
+    real_read, real_adam = optimise.Readback.read, optimise.adam
 
     def read(self):
         torch.cuda.set_sync_debug_mode(0)  # the read-back is the one intended wait
@@ -108,10 +108,10 @@ def w_sync(a: dict) -> dict:
             return real_adam(*args, **kwargs)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    transfer._Readback.read, transfer._adam = read, adam
+    optimise.Readback.read, optimise.adam = read, adam
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        transfer.stylize(params=_one_level(a["size"], a["steps"]), **kw)
+        pipeline.stylize(params=_one_level(a["size"], a["steps"]), **kw)
     syncs = [str(w.message).splitlines()[0] for w in caught
              if "synchroniz" in str(w.message).lower()]
     return {"syncs": len(syncs), "first": syncs[:3]}
@@ -182,8 +182,8 @@ def main() -> int:
 
     import torch
 
-    from nst_engine.memory import BYTES_PER_PIXEL
-    from nst_engine.transfer import READBACK_STEPS
+    from nst_engine.device.memory import BYTES_PER_PIXEL
+    from nst_engine.transfer.optimise import READBACK_STEPS
 
     if not torch.cuda.is_available():
         print("bench_gpu.py needs CUDA (no GPU here).", file=sys.stderr)

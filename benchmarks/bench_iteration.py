@@ -23,13 +23,13 @@ all at the same longest side (content 4:3, style square) and on the same random-
             once, as the PyTorch tutorial does
   engine    ``stylize()`` with the default parameters at one pyramid level of that size, in
             the precision the engine chooses here (CUDA: reduced; CPU: measured,
-            ``nst_engine.cpu_precision``; ``NST_ENGINE_CPU_BF16`` is honoured)
+            ``nst_engine.device.cpu_precision``; ``NST_ENGINE_CPU_BF16`` is honoured)
   pyramid   ``stylize()`` as users run it: the default 3-level pyramid up to that size;
             seconds per iteration = optimisation time / iterations (most run on smaller levels)
   --extra adds, on the CPU: engine-float32 and engine-bf16 (each precision forced),
   engine-float32-nchw (float32 in the default memory format and autograd's Gram products: the
   engine before channels-last, for comparison), engine-float32-sysheap (float32 with glibc's
-  heap as it is by default: freed large blocks go back to the kernel, ``nst_engine.heap``)
+  heap as it is by default: freed large blocks go back to the kernel, ``nst_engine.device.heap``)
   and pyramid-float32.
 Random weights cost the same time as real ones; the timings are real, the images are not.
 """
@@ -116,8 +116,8 @@ def worker_plain(size: int, iterations: int, weights: str, device_name: str) -> 
     import torch.nn.functional as F
     import torchvision
 
-    from nst_engine.devices import resolve_device
-    from nst_engine.vgg_layers import INDEX
+    from nst_engine.device.resolve import resolve_device
+    from nst_engine.model.layers import INDEX
 
     device = resolve_device(device_name)
     cnn = torchvision.models.vgg19().features  # tutorials: vgg19(weights=...).features
@@ -145,7 +145,7 @@ def worker_plain(size: int, iterations: int, weights: str, device_name: str) -> 
         f = f.view(b * c, h * w)
         return f @ f.t() / (b * c * h * w)
 
-    from nst_engine.transfer import _to_tensor
+    from nst_engine.transfer.convert import to_tensor as _to_tensor
     content_img, style_img = _images(size)
     content = _to_tensor(content_img)[0].to(device)
     style = _to_tensor(style_img)[0].to(device)
@@ -176,14 +176,15 @@ def worker_plain(size: int, iterations: int, weights: str, device_name: str) -> 
             "cpu_per_iter": min(cpu[1:]), **_peaks(device)}
 
 
-def _default_layout(stylize_module) -> None:
+def _default_layout() -> None:
     """The engine as it was before channels-last: default memory format for the image and the
     weights, and autograd's own Gram products (whose gradient comes back row-major)."""
     import torch
 
-    from nst_engine import losses
+    from nst_engine.transfer import losses
+    from nst_engine.transfer.objective import Objective
 
-    real = stylize_module._Objective.features
+    real = Objective.features
 
     def features(self, img):
         self.model.to(memory_format=torch.contiguous_format)
@@ -191,7 +192,7 @@ def _default_layout(stylize_module) -> None:
             return self.model(img.contiguous())
         return real(self, img)
 
-    stylize_module._Objective.features = features
+    Objective.features = features
     losses.self_product = lambda cols: cols @ cols.t()
 
 
@@ -201,17 +202,18 @@ def worker_engine(size: int, iterations: int, weights: str, device_name: str, *,
     import torch
 
     from nst_engine import StyleParams
-    from nst_engine import transfer as stylize_module
-    from nst_engine.cpu_precision import ENV
-    from nst_engine.devices import resolve_device
+    from nst_engine.device.resolve import autocast_dtype
+    from nst_engine.transfer import stylize
+    from nst_engine.device.cpu_precision import ENV
+    from nst_engine.device.resolve import resolve_device
 
     device = resolve_device(device_name)
     if precision is not None:
         os.environ[ENV] = {"float32": "0", "bf16": "1"}[precision]
     if nchw:
-        _default_layout(stylize_module)
+        _default_layout()
     if system_heap:
-        from nst_engine import heap
+        from nst_engine.device import heap
         heap._libc = None  # glibc's own settings: blocks above 32 MB mmapped, unmapped when freed
     params = StyleParams().with_overrides(max_size=size, levels=levels, iterations=iterations,
                                           seed=0)
@@ -226,10 +228,10 @@ def worker_engine(size: int, iterations: int, weights: str, device_name: str, *,
                 torch.cuda.reset_peak_memory_stats()
         stamps.append((p.stage, p.level, time.perf_counter(), time.process_time()))
 
-    stylize_module.stylize(content=content, styles=[(style, 1.0)], params=params,
+    stylize(content=content, styles=[(style, 1.0)], params=params,
                            device=device_name, weights=weights, progress=progress)
     opt = [(t, c) for stage, _, t, c in stamps if stage == "optimizing"]
-    amp = stylize_module.autocast_dtype(device)
+    amp = autocast_dtype(device)
     info = {"precision": str(amp).replace("torch.", "") if amp else "float32",
             **_peaks(device)}
     if levels == 1:
@@ -289,7 +291,7 @@ def _machine(device: str) -> str:
 
 def _precision_line() -> str:
     """The CPU precision the engine would choose here, measured now (the cache untouched)."""
-    from nst_engine.cpu_precision import measure, override
+    from nst_engine.device.cpu_precision import measure, override
 
     forced = override()
     if forced is not None:
@@ -322,7 +324,7 @@ def main() -> int:
                                             args.device)))
         return 0
 
-    from nst_engine.devices import resolve_device
+    from nst_engine.device.resolve import resolve_device
 
     device = resolve_device(args.device).type
     print(f"# {_machine(device)}; device {device}; {args.iterations} iterations per row, "

@@ -64,7 +64,8 @@ def worker(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from nst_engine import StyleParams, tiles
+    from nst_engine import StyleParams
+    from nst_engine.transfer import tiles
     from nst_engine.transfer import stylize
 
     seen: dict = {"tiles": 0}

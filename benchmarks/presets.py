@@ -120,7 +120,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    from nst_engine.devices import autocast_dtype
+    from nst_engine.device.resolve import autocast_dtype
 
     cap = next((f"{e}={os.environ[e]}" for e in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
                 if os.environ.get(e)), "")

@@ -17,7 +17,7 @@ __all__ = ["stylize", "StyleParams", "Progress", "__version__"]
 
 def __getattr__(name: str):
     if name == "stylize":
-        from .transfer import stylize
+        from .transfer.pipeline import stylize
 
         return stylize
     raise AttributeError(name)

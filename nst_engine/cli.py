@@ -12,8 +12,22 @@ import sys
 from . import __version__
 from .bridge.config import DEFAULT_KEEP_WARM
 from .errors import EngineError
+from .params import PARAM_FIELDS, describe_range
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``stylize`` flags that override one preset setting each: (flag, StyleParams field, metavar).
+#: Their types, ranges and help come from the field (``params.py``); the value lands in
+#: ``args.<field>`` (None = the preset's).
+SETTING_FLAGS = (("--max-size", "max_size", "N|full"), ("--tile", "tile_size", "N"),
+                 ("--iterations", "iterations", "N"), ("--strength", "strength", "X"),
+                 ("--preserve-colors", "preserve_colors", None), ("--seed", "seed", "N"))
+#: What a flag means beyond its setting's own doc.
+_FLAG_NOTES = {
+    "max_size": "full = the content's own size on any device (default: the preset's; on a "
+                "GPU the content's own size as far as memory allows)",
+    "tile_size": "levels larger than this run in overlapping tiles of at most this size "
+                 "(default: only what does not fit in memory, in tiles that do)",
+}
 
 
 def _max_size(text: str) -> int | str:
@@ -25,6 +39,22 @@ def _max_size(text: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of pixels or 'full', got "
                                          f"'{text}'") from None
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, name, metavar in SETTING_FLAGS:
+        meta = PARAM_FIELDS[name].metadata
+        words = [meta["doc"]]
+        if meta["min"] is not None or meta["max"] is not None:
+            words.append(describe_range(meta))
+        words.append(_FLAG_NOTES.get(name, "default: the preset's"))
+        help_text = "; ".join(words).replace("%", "%%")
+        if meta["kind"] is bool:
+            parser.add_argument(flag, dest=name, action="store_true", default=None,
+                                help=help_text)
+            continue
+        kind = _max_size if name == "max_size" else meta["kind"]
+        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,18 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file; the format follows the extension (.png, .jpg, .tif)")
     s.add_argument("--preset", default=None, help="preset name (see `presets`)")
-    s.add_argument("--max-size", type=_max_size, metavar="N|full",
-                   help="longest side of the result's optimisation, px; full = the content's "
-                        "own size on any device (default: the preset's; on a GPU the content's "
-                        "own size as far as memory allows)")
-    s.add_argument("--tile", type=int, metavar="N",
-                   help="run levels larger than N px in overlapping tiles of at most N px "
-                        "(default: only what does not fit in memory, in tiles that do)")
-    s.add_argument("--iterations", type=int, help="optimiser steps in all")
-    s.add_argument("--strength", type=float, help="multiplies the preset's style weight (0-10)")
-    s.add_argument("--preserve-colors", action="store_true", default=None,
-                   help="keep the content's colours (transfer luminance only)")
-    s.add_argument("--seed", type=int, help="random seed, for repeatable results")
+    _add_setting_flags(s)
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--weights", metavar="PATH", help="VGG19 weights file (default: the installed "
                                                       "cache; see `fetch-weights`)")
@@ -117,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "doctor":
             from .doctor import run
         elif args.command == "fetch-weights":
-            from .weights import run_fetch as run
+            from .model.weights import run_fetch as run
         elif args.command == "attach":
-            from .bridge.warm import run
+            from .server.attach import run
+        elif args.listen:
+            from .server.listen import run
         else:
-            from .serve import run
+            from .server.stdio import run
         return run(args)
     except EngineError as e:
         print(f"error: {e.user_text()}", file=sys.stderr)

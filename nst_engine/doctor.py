@@ -55,7 +55,7 @@ def _check_torch(report: dict) -> bool:
 
 def _check_cpu_precision(report: dict, args: Any) -> None:
     """The CPU's convolution precision, the timings behind it and why (measured if not yet)."""
-    from .cpu_precision import choose
+    from .device.cpu_precision import choose
 
     try:
         choice = choose(remeasure=bool(getattr(args, "measure_cpu", False)))
@@ -86,7 +86,7 @@ def _weights_path(args: Any) -> tuple[Path | None, str]:
 
 def _check_weights(report: dict, args: Any) -> bool:
     from .errors import EngineError
-    from .weights import default_weights_path, load_weights
+    from .model.weights import default_weights_path, load_weights
 
     path, origin = _weights_path(args)
     info: dict[str, Any] = {"path": str(path or default_weights_path()), "from": origin,

@@ -8,12 +8,21 @@ without loading PyTorch.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .vgg_layers import FEATURE_LAYERS
+from .bridge.wire import excerpt
+from .errors import InvalidInput
+from .model.layers import FEATURE_LAYERS
+from .wording import cut, did_you_mean_tail, shown
 
+#: What an error about a setting tells the user to read.
+SETTINGS_HINT = ("The settings, their ranges and a preset's values: "
+                 "`python -m nst_engine presets --show NAME`.")
+# YAML 1.1 (PyYAML) reads a plain ``1e4`` as a string; for a float key we take it as written.
+_PLAIN_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 #: ``full_resolution`` values (see its doc below).
 FULL_RESOLUTION_CHOICES = ("gpu", "always", "never")
 
@@ -106,3 +115,89 @@ class StyleParams:
 PARAM_FIELDS = {f.name: f for f in fields(StyleParams)}
 #: Layer names a preset may use in ``content_layers`` / ``style_layers``.
 ALLOWED_LAYERS = FEATURE_LAYERS
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+def check_params(params: StyleParams) -> None:
+    """Every field within its type and range, as a preset's would be: for StyleParams built
+    in Python (the API), which no preset file or override check has seen. InvalidInput."""
+    for key, spec in PARAM_FIELDS.items():
+        problem, _ = check_value(spec.metadata, getattr(params, key))
+        if problem:
+            raise InvalidInput(f"The setting '{key}' {problem}.", SETTINGS_HINT)
+
+
+def check_value(meta: Mapping[str, Any], value: Any, *,
+                plain: bool = False) -> tuple[str | None, Any]:
+    """``(problem, value)`` for one field (``meta``: its dataclass metadata): problem is None
+    when ``value`` fits the field, else why not, in words that follow the key's name.
+    ``plain``: the value is a plain YAML scalar, where ``1e4`` arrives as a string."""
+    kind = meta["kind"]
+    if value is None:
+        return (None, None) if meta["nullable"] else ("must have a value (it cannot be null)",
+                                                      None)
+    if meta["layers"]:
+        return _check_layers(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            return f"must be true or false, not {shown(value)}", None
+        return None, value
+    if kind is str:
+        if not isinstance(value, str):
+            return f"must be one of {_choices(meta)}, not {shown(value)}", None
+        if meta["choices"] and value not in meta["choices"]:
+            return (f"is '{cut(value)}'; it must be one of {_choices(meta)}"
+                    + did_you_mean_tail(value, meta["choices"])), None
+        return None, value
+    if kind is float and plain and isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        want = "a number" if kind is float else "a whole number"
+        return f"must be {want}, not {shown(value)}", None
+    lo, hi = meta["min"], meta["max"]
+    if kind is float:
+        try:
+            value = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            return f"is {excerpt(value)}, out of range: it must be {describe_range(meta)}", None
+        if not math.isfinite(value):
+            return f"must be a finite number, not {value}", None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return f"is {excerpt(value)}, out of range: it must be {describe_range(meta)}", None
+    return None, value
+
+
+def _check_layers(value: Any) -> tuple[str | None, Any]:
+    if not isinstance(value, Mapping) or not value:
+        return ("must map layer names to weights, e.g. {relu4_2: 1.0}, not "
+                f"{shown(value)}"), None
+    out: dict[str, float] = {}
+    for layer, weight in value.items():
+        if layer not in ALLOWED_LAYERS:
+            return (f"names an unknown layer '{cut(str(layer))}'"
+                    + did_you_mean_tail(str(layer), ALLOWED_LAYERS)
+                    + f" (VGG19 layers: {ALLOWED_LAYERS[0]} ... {ALLOWED_LAYERS[-1]})"), None
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not math.isfinite(weight) or weight < 0:
+            return (f"gives layer '{layer}' the weight {shown(weight)}; weights are numbers "
+                    ">= 0"), None
+        out[layer] = float(weight)
+    if not any(out.values()):
+        # Nothing to measure: the loss would be empty. Switching a loss off is what
+        # content_weight / style_weight 0 are for.
+        return ("gives every layer the weight 0; at least one needs a weight above 0 (to "
+                "leave this loss out, set content_weight or style_weight to 0 instead)"), None
+    return None, MappingProxyType(out)
+
+
+def _choices(meta: Mapping[str, Any]) -> str:
+    return ", ".join(meta["choices"] or ())
+
+
+def describe_range(meta: Mapping[str, Any]) -> str:
+    """A field's range in words: ``from 0 to 10``, ``>= 64``."""
+    lo, hi = meta["min"], meta["max"]
+    if lo is not None and hi is not None:
+        return f"from {lo:g} to {hi:g}"
+    return f">= {lo:g}" if lo is not None else f"<= {hi:g}"

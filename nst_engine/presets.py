@@ -42,9 +42,7 @@ StyleParams field; layer maps as objects, ``seed`` may be null).
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
 import os
 import re
 import stat
@@ -59,7 +57,8 @@ import yaml
 from .bridge import config
 from .bridge.wire import EXCERPT, excerpt as _excerpt  # bounded quotes of a user's values
 from .errors import InvalidInput, PresetError
-from .params import ALLOWED_LAYERS, PARAM_FIELDS, StyleParams
+from .params import PARAM_FIELDS, SETTINGS_HINT, StyleParams, check_value
+from .wording import cut, did_you_mean, did_you_mean_tail, type_name
 
 BUILTIN_DIR = Path(__file__).with_suffix("")  # nst_engine/presets/
 SUFFIXES = (".yaml", ".yml")
@@ -77,10 +76,6 @@ MAX_NODES = 5000
 #: Longest preset name (the dialog shows it; the layer name repeats it).
 MAX_NAME = 100
 _HINT_BUILTIN = "This is a bug in a built-in preset; please report it."
-_HINT_SETTINGS = ("The settings, their ranges and a preset's values: "
-                  "`python -m nst_engine presets --show NAME`.")
-# YAML 1.1 (PyYAML) reads a plain ``1e4`` as a string; for a float key we take it as written.
-_PLAIN_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -107,8 +102,8 @@ class PresetSet:
             return self.presets[name]
         if name in self.broken:
             raise self.broken[name]
-        raise PresetError(f"There is no preset named '{_cut(str(name))}'.",
-                          _did_you_mean(name, self.presets) +
+        raise PresetError(f"There is no preset named '{cut(str(name))}'.",
+                          did_you_mean(name, self.presets) +
                           "Run `python -m nst_engine presets` to list them.")
 
     def chain(self, name: str) -> list[Preset]:
@@ -124,7 +119,7 @@ class PresetSet:
                 what = (f"extends its own name '{preset.name}', but there is no built-in preset "
                         "of that name to start from" if preset.extends == preset.name else
                         f"extends '{preset.extends}', which does not exist"
-                        + _did_you_mean_tail(preset.extends, self.presets))
+                        + did_you_mean_tail(preset.extends, self.presets))
                 raise _error(preset, "extends", what,
                              "Name an existing preset (see `python -m nst_engine presets`).")
             if any(p is base for p in chain):
@@ -176,24 +171,15 @@ def resolve(name: str | None = None, overrides: Mapping[str, Any] | None = None,
             continue
         spec = PARAM_FIELDS.get(key)
         if spec is None:
-            raise InvalidInput(f"Unknown setting '{_cut(str(key))}'."
-                               + _did_you_mean_tail(key, PARAM_FIELDS), _HINT_SETTINGS)
-        problem, checked = _check_value(spec.metadata, value, plain=False)
+            raise InvalidInput(f"Unknown setting '{cut(str(key))}'."
+                               + did_you_mean_tail(key, PARAM_FIELDS), SETTINGS_HINT)
+        problem, checked = check_value(spec.metadata, value, plain=False)
         if problem:
-            raise InvalidInput(f"The setting '{key}' {problem}.", _HINT_SETTINGS)
+            raise InvalidInput(f"The setting '{key}' {problem}.", SETTINGS_HINT)
         values[key] = checked
     if (overrides or {}).get("max_size") is not None:
         values["full_resolution"] = "never"  # a size asked for is the size, on every device
     return StyleParams(**values)
-
-
-def check_params(params: StyleParams) -> None:
-    """Every field within its type and range, as a preset's would be: for StyleParams built
-    in Python (the API), which no preset file or override check has seen. InvalidInput."""
-    for key, spec in PARAM_FIELDS.items():
-        problem, _ = _check_value(spec.metadata, getattr(params, key), plain=False)
-        if problem:
-            raise InvalidInput(f"The setting '{key}' {problem}.", _HINT_SETTINGS)
 
 
 def resolved_values(pset: PresetSet, name: str) -> dict[str, Any]:
@@ -287,7 +273,7 @@ def _read_file(path: Path, origin: str) -> Preset:
     finally:
         loader.dispose()
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
-        kind = "empty" if data is None else _type_name(data)
+        kind = "empty" if data is None else type_name(data)
         raise fail(f"is {kind}, not a mapping of keys to values",
                    extra_hint="A preset file holds lines like `iterations: 300`.")
 
@@ -308,13 +294,13 @@ def _read_file(path: Path, origin: str) -> Preset:
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "\n\r\t") \
             or len(name.strip()) > MAX_NAME:
         raise fail(f"has a bad name {_excerpt(name)}: use a short text (at most {MAX_NAME} "
-                   f"characters on one line) such as '{_cut(stem)}'", key="name",
+                   f"characters on one line) such as '{cut(stem)}'", key="name",
                    line=lines.get("name"))
     name = name.strip()
     for key in ("label", "description", "extends"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            raise fail(f"must be a text, not {_type_name(value)}", key=key, line=lines[key],
+            raise fail(f"must be a text, not {type_name(value)}", key=key, line=lines[key],
                        preset=name)
 
     values: dict[str, Any] = {}
@@ -323,12 +309,12 @@ def _read_file(path: Path, origin: str) -> Preset:
             continue
         spec = PARAM_FIELDS.get(key)
         if spec is None:
-            raise fail("is not a preset key" + _did_you_mean_tail(key, [*PARAM_FIELDS,
+            raise fail("is not a preset key" + did_you_mean_tail(key, [*PARAM_FIELDS,
                                                                         *META_KEYS]),
                        key=key, line=lines[key], preset=name)
         value_node = nodes[key][1]
         plain = isinstance(value_node, yaml.ScalarNode) and value_node.style is None
-        problem, checked = _check_value(spec.metadata, value, plain=plain)
+        problem, checked = check_value(spec.metadata, value, plain=plain)
         if problem:
             bad_line = lines[key]
             layer = _layer_in(problem)
@@ -421,73 +407,13 @@ def _check_shape(text: str, fail) -> None:
 def _unreadable_value(e: ValueError) -> str:
     if "integer string conversion" in str(e):
         return "has a number with too many digits to read"
-    return f"has a value that cannot be read ({_cut(str(e))})"
+    return f"has a value that cannot be read ({cut(str(e))})"
 
 
 def _scalar_key(loader: yaml.SafeLoader, key_node: yaml.Node) -> Any:
     if not isinstance(key_node, yaml.ScalarNode):
         return None
     return loader.construct_object(key_node)
-
-
-def _check_value(meta: Mapping[str, Any], value: Any, *, plain: bool) -> tuple[str | None, Any]:
-    """``(problem, value)``: problem is None when ``value`` fits the field, else why not."""
-    kind = meta["kind"]
-    if value is None:
-        return (None, None) if meta["nullable"] else ("must have a value (it cannot be null)",
-                                                      None)
-    if meta["layers"]:
-        return _check_layers(value)
-    if kind is bool:
-        if not isinstance(value, bool):
-            return f"must be true or false, not {_shown(value)}", None
-        return None, value
-    if kind is str:
-        if not isinstance(value, str):
-            return f"must be one of {_choices(meta)}, not {_shown(value)}", None
-        if meta["choices"] and value not in meta["choices"]:
-            return (f"is '{_cut(value)}'; it must be one of {_choices(meta)}"
-                    + _did_you_mean_tail(value, meta["choices"])), None
-        return None, value
-    if kind is float and plain and isinstance(value, str) and _PLAIN_FLOAT.fullmatch(value):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        want = "a number" if kind is float else "a whole number"
-        return f"must be {want}, not {_shown(value)}", None
-    lo, hi = meta["min"], meta["max"]
-    if kind is float:
-        try:
-            value = float(value)
-        except OverflowError:  # an integer with hundreds of digits
-            return f"is {_excerpt(value)}, out of range: it must be {_range(meta)}", None
-        if not math.isfinite(value):
-            return f"must be a finite number, not {value}", None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        return f"is {_excerpt(value)}, out of range: it must be {_range(meta)}", None
-    return None, value
-
-
-def _check_layers(value: Any) -> tuple[str | None, Any]:
-    if not isinstance(value, Mapping) or not value:
-        return ("must map layer names to weights, e.g. {relu4_2: 1.0}, not "
-                f"{_shown(value)}"), None
-    out: dict[str, float] = {}
-    for layer, weight in value.items():
-        if layer not in ALLOWED_LAYERS:
-            return (f"names an unknown layer '{_cut(str(layer))}'"
-                    + _did_you_mean_tail(str(layer), ALLOWED_LAYERS)
-                    + f" (VGG19 layers: {ALLOWED_LAYERS[0]} ... {ALLOWED_LAYERS[-1]})"), None
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-                or not math.isfinite(weight) or weight < 0:
-            return (f"gives layer '{layer}' the weight {_shown(weight)}; weights are numbers "
-                    ">= 0"), None
-        out[layer] = float(weight)
-    if not any(out.values()):
-        # Nothing to measure: the loss would be empty. Switching a loss off is what
-        # content_weight / style_weight 0 are for.
-        return ("gives every layer the weight 0; at least one needs a weight above 0 (to "
-                "leave this loss out, set content_weight or style_weight to 0 instead)"), None
-    return None, MappingProxyType(out)
 
 
 def _layer_in(problem: str) -> str | None:
@@ -552,13 +478,13 @@ def _make_error(path: Path, preset: str | None, key: str | None, line: int | Non
     """One line naming the file, preset, key and line; the user's text only as excerpts."""
     where = f"{path}"
     if preset is not None:
-        where += f", preset '{_cut(preset)}'"
+        where += f", preset '{cut(preset)}'"
     if key is not None:
-        where += f", key '{_cut(key)}'"
+        where += f", key '{cut(key)}'"
     if line is not None:
         where += f" (line {line})"
     subject = "" if key is not None else "the file "
-    what = _cut(" ".join(what.split()), 6 * EXCERPT)
+    what = cut(" ".join(what.split()), 6 * EXCERPT)
     err = PresetError(f"{where}: {subject}{what.rstrip('.')}.", hint)
     err.path, err.preset, err.key, err.line = path, preset, key, line
     return err
@@ -566,48 +492,6 @@ def _make_error(path: Path, preset: str | None, key: str | None, line: int | Non
 
 def _error(preset: Preset, key: str, what: str, hint: str) -> PresetError:
     return _make_error(preset.source, preset.name, key, preset.lines.get(key), what, hint)
-
-
-def _close_match(word: str, options: Iterable[str]) -> str | None:
-    if len(str(word)) > EXCERPT:  # no name is that long; and difflib's cost grows with it
-        return None
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return close[0] if close else None
-
-
-def _did_you_mean_tail(word: str, options: Iterable[str]) -> str:
-    close = _close_match(word, options)
-    return f" (did you mean '{close}'?)" if close else ""
-
-
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = _close_match(word, options)
-    return f"Did you mean '{close}'? " if close else ""
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "true/false", int: "a whole number", float: "a number", str: "a text",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def _shown(value: Any) -> str:
-    return f"{_type_name(value)} ({_excerpt(value)})" if not isinstance(value, (dict, list)) \
-        else _type_name(value)
-
-
-def _cut(text: str, limit: int = EXCERPT) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _choices(meta: Mapping[str, Any]) -> str:
-    return ", ".join(meta["choices"] or ())
-
-
-def _range(meta: Mapping[str, Any]) -> str:
-    lo, hi = meta["min"], meta["max"]
-    if lo is not None and hi is not None:
-        return f"from {lo:g} to {hi:g}"
-    return f">= {lo:g}" if lo is not None else f"<= {hi:g}"
 
 
 # --- output ------------------------------------------------------------------------------------

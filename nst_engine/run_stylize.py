@@ -65,14 +65,13 @@ def _clock(seconds: float) -> str:
 
 
 def _params(args: Any):
+    from .params import PARAM_FIELDS
     from .presets import resolve
 
-    full = args.max_size == "full"
-    overrides = {"max_size": None if full else args.max_size,
-                 "full_resolution": "always" if full else None,
-                 "tile_size": args.tile, "iterations": args.iterations,
-                 "strength": args.strength, "preserve_colors": args.preserve_colors,
-                 "seed": args.seed}
+    # The setting flags land in ``args.<field>`` (cli.SETTING_FLAGS); None = the preset's.
+    overrides = {name: getattr(args, name, None) for name in PARAM_FIELDS}
+    if overrides["max_size"] == "full":
+        overrides.update(max_size=None, full_resolution="always")
     return resolve(args.preset, {k: v for k, v in overrides.items() if v is not None})
 
 
@@ -97,8 +96,9 @@ def run(args: Any) -> int:
     content = read_image(args.content)
     styles = [(read_image(path), w) for path, w in zip(args.style, blend)]
 
-    from .devices import resolve_device
-    from .transfer import model_for, stylize
+    from .device.resolve import resolve_device
+    from .model.cache import model_for
+    from .transfer.pipeline import stylize
 
     device = resolve_device(args.device)
     _, info = model_for(args.weights, args.weights_kind, params, device)

@@ -28,8 +28,8 @@ def random_vgg19_state(*, layout: str = "torchvision", seed: int = 0,
     """
     import torch
 
-    from .vgg_layers import INDEX
-    from .weights import _torchvision_shapes, conv_shapes
+    from .model.layers import INDEX, vgg19_state_shapes
+    from .model.weights import conv_shapes
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -45,7 +45,7 @@ def random_vgg19_state(*, layout: str = "torchvision", seed: int = 0,
         out_key = key if layout == "caffe_names" else f"features.{INDEX[name]}.{param}"
         state[out_key] = value
     if classifier and layout == "torchvision":
-        for key, shape in _torchvision_shapes().items():
+        for key, shape in vgg19_state_shapes().items():
             if key.startswith("classifier."):
                 state[key] = torch.zeros(1).expand(shape)
     return state

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nst_engine.adam import Adam
+from nst_engine.transfer.adam import Adam
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from nst_engine import cpu_precision as CP
-from nst_engine.devices import autocast_dtype
+from nst_engine.device import cpu_precision as CP
+from nst_engine.device.resolve import autocast_dtype
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 from argparse import Namespace
 
 from nst_engine import doctor
-from nst_engine import weights as W
+from nst_engine.model import weights as W
 
 
 def _run(capsys, **kw):
@@ -61,7 +61,7 @@ def test_doctor_names_a_bad_weights_file(tmp_path, monkeypatch, capsys):
 
 
 def test_doctor_shows_the_cpu_precision_its_timings_and_why(tmp_path, monkeypatch, capsys):
-    from nst_engine import cpu_precision as CP
+    from nst_engine.device import cpu_precision as CP
 
     monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path / "config"))

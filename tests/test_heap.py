@@ -1,4 +1,4 @@
-"""nst_engine.heap: during a CPU run large blocks come from the heap, and glibc's settings are
+"""nst_engine.device.heap: during a CPU run large blocks come from the heap, and glibc's settings are
 back when the last run ends."""
 
 import ctypes
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from nst_engine import heap
+from nst_engine.device import heap
 
 #: Above glibc's largest mmap threshold (32 MB), so mmapped by default, and larger than any free
 #: chunk the suite's small runs leave in the heap. Never touched: it costs address space only.

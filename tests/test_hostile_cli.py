@@ -87,7 +87,7 @@ def test_finished_result_is_rescued_when_its_folder_vanished(tmp_path, monkeypat
                                                              random_weights_file):
     """The output folder is removed while the optimisation runs: the result goes to the
     temporary folder and the error says where."""
-    import nst_engine.transfer as transfer
+    import nst_engine.transfer.pipeline as transfer
 
     rescue = tmp_path / "tmp"
     rescue.mkdir()
@@ -107,7 +107,7 @@ def test_finished_result_is_rescued_when_its_folder_vanished(tmp_path, monkeypat
         content=str(photo), style=[str(photo)], style_weights=None,
         output=str(out_dir / "out.png"), preset="quick", max_size=64, iterations=2,
         strength=None, preserve_colors=None, seed=1, device="cpu",
-        weights=str(random_weights_file), weights_kind=None, quiet=True, tile=None)
+        weights=str(random_weights_file), weights_kind=None, quiet=True, tile_size=None)
     with pytest.raises(InvalidInput) as e:
         run_stylize.run(args)
     saved = list(rescue.glob("out-*.png"))

@@ -30,7 +30,7 @@ CHECK = textwrap.dedent("""
     import inspect
     import nst_engine
     assert callable(stylize) and inspect.isfunction(stylize), type(stylize)
-    assert stylize.__module__ == "nst_engine.transfer", stylize.__module__
+    assert stylize.__module__ == "nst_engine.transfer.pipeline", stylize.__module__
     assert inspect.isclass(StyleParams) and StyleParams().max_size > 0
 """)
 
@@ -56,6 +56,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     "import nst_engine.transfer",          # after the engine module was imported
     "from nst_engine import transfer",
     "import nst_engine.transfer as t\nfrom nst_engine import *",
+    "import nst_engine.transfer.pipeline",  # the module that defines it
 ])
 def test_readme_api_line_gives_the_function(before):
     line = readme_api_line()

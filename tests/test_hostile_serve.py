@@ -175,9 +175,9 @@ UNENCODABLE = textwrap.dedent("""
     # switched off. The reply cannot be encoded; the client must get an internal error, and
     # the engine must go on serving (it used to take this for a closed pipe and exit).
     import sys
-    import nst_engine.presets, nst_engine.serve
+    import nst_engine.presets, nst_engine.server.session
     from nst_engine.errors import InvalidInput
-    nst_engine.serve._bounded = lambda text: text
+    nst_engine.server.session.bounded = lambda text: text
     _resolve = nst_engine.presets.resolve
     def resolve(name=None, overrides=None, **kw):
         if (overrides or {}).get("seed") == 777:

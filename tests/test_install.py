@@ -170,7 +170,8 @@ def test_python_route_uses_the_interpreter_as_is_and_creates_no_venv(inst):
     assert cfg["presets_command"] == [sys.executable, "-m", "nst_engine", "presets", "--json"]
     assert cfg["engine_pythonpath"] == [str(inst.data / "engine")]
     copied = inst.data / "engine" / "nst_engine"
-    assert (copied / "serve.py").read_bytes() == (inst.checkout / "nst_engine" / "serve.py").read_bytes()
+    assert (copied / "server" / "session.py").read_bytes() == \
+        (inst.checkout / "nst_engine" / "server" / "session.py").read_bytes()
     assert (copied / "presets" / "quick.yaml").is_file()
     assert cfg["device"] == "auto" and cfg["hello_timeout"] >= 60
     assert cfg["log_dir"] == str(inst.data / "logs")

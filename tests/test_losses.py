@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nst_engine import color, losses
+from nst_engine.transfer import color, losses
 
 
 def _gen(seed: int = 0) -> torch.Generator:

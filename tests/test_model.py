@@ -11,9 +11,10 @@ import torch
 import torchvision
 from torch import nn
 
-from nst_engine.model import VGGFeatures, vgg19_features, vgg19_state_shapes
-from nst_engine.vgg_layers import FEATURE_LAYERS, INDEX
-from nst_engine.weights import load_weights
+from nst_engine.model.layers import vgg19_state_shapes
+from nst_engine.model.vgg import VGGFeatures, vgg19_features
+from nst_engine.model.layers import FEATURE_LAYERS, INDEX
+from nst_engine.model.weights import load_weights
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -188,9 +189,9 @@ def test_our_stack_computes_what_torchvisions_does_with_the_same_random_weights(
 def test_loading_weights_and_the_model_does_not_import_torchvision(random_weights_file):
     code = ("import sys, torch\n"
             "from nst_engine.params import StyleParams\n"
-            "from nst_engine.transfer import model_for\n"
+            "from nst_engine.model.cache import model_for\n"
             f"model_for({str(random_weights_file)!r}, None, StyleParams(), torch.device('cpu'))\n"
-            "from nst_engine.weights import known_files\n"
+            "from nst_engine.model.weights import known_files\n"
             "known_files()\n"
             "print('torchvision' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

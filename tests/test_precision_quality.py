@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from nst_engine import stylize
-from nst_engine.cpu_precision import ENV
-from nst_engine.losses import ContentLoss, GramLoss, TVLoss
-from nst_engine.model import VGGFeatures
+from nst_engine.device.cpu_precision import ENV
+from nst_engine.transfer.losses import ContentLoss, GramLoss, TVLoss
+from nst_engine.model.vgg import VGGFeatures
 from nst_engine.params import StyleParams
-from nst_engine.weights import load_weights
+from nst_engine.model.weights import load_weights
 
 PARAMS = StyleParams().with_overrides(max_size=64, levels=1, iterations=20, seed=3)
 

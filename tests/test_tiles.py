@@ -17,10 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_engine import StyleParams, levels, tiles
-from nst_engine import transfer as transfer_module
+from nst_engine import StyleParams
+from nst_engine.transfer import levels, tiles
+from nst_engine.transfer import objective as objective_module
+from nst_engine.transfer import pipeline as pipeline_module
 from nst_engine.errors import OutOfMemory
-from nst_engine.memory import BUDGET_ENV, Budget
+from nst_engine.device.memory import BUDGET_ENV, Budget
 from nst_engine.transfer import stylize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,8 +189,8 @@ def test_cli_max_size_full_optimises_at_the_content_size(tmp_path, random_weight
     from nst_engine import cli
 
     seen = []
-    real = transfer_module.stylize
-    monkeypatch.setattr(transfer_module, "stylize",
+    real = pipeline_module.stylize
+    monkeypatch.setattr(pipeline_module, "stylize",
                         lambda **kw: real(**{**kw, "progress": seen.append}))
     _photo(150, 100).save(tmp_path / "c.png")
     _style().save(tmp_path / "s.png")
@@ -242,13 +244,13 @@ def test_tile_borders_show_no_seam(random_weights_file):
 
 
 def test_out_of_memory_at_a_level_falls_back_to_tiles(random_weights_file, monkeypatch):
-    real = transfer_module._Objective.__call__
+    real = objective_module.Objective.__call__
 
     def small_memory(self, img):
         if img.shape[-1] > 96:
             raise torch.OutOfMemoryError("injected: out of memory")
         return real(self, img)
-    monkeypatch.setattr(transfer_module._Objective, "__call__", small_memory)
+    monkeypatch.setattr(objective_module.Objective, "__call__", small_memory)
     out, records = _stylize(random_weights_file, _photo(128, 96), iterations=3)
     notes = {r.note for r in records if r.note}
     assert notes == {"Out of memory at 128x96 px: retrying that level in tiles of 64 px."}
@@ -260,7 +262,7 @@ def test_out_of_memory_at_a_level_falls_back_to_tiles(random_weights_file, monke
 def test_out_of_memory_in_tiles_too_is_the_clear_message(random_weights_file, monkeypatch):
     def no_memory(self, img):
         raise torch.OutOfMemoryError("injected: out of memory")
-    monkeypatch.setattr(transfer_module._Objective, "__call__", no_memory)
+    monkeypatch.setattr(objective_module.Objective, "__call__", no_memory)
     with pytest.raises(OutOfMemory) as err:
         _stylize(random_weights_file, _photo(128, 96), iterations=3)
     assert "128x96 px" in err.value.message and "also in tiles of 64 px" in err.value.message
@@ -316,7 +318,7 @@ def test_the_memory_budget_bounds_peak_memory(random_weights_file):
 
 def test_progress_frames_carry_the_working_size_the_tiles_and_the_note():
     from nst_engine.progress import Progress
-    from nst_engine.serve import _Throttle
+    from nst_engine.server.progress import ProgressThrottle as _Throttle
 
     sent = []
     _Throttle(sent.append, 7)(Progress(stage="optimizing", level=6, levels=6, iteration=5,

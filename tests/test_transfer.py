@@ -13,10 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_engine import StyleParams, color
-from nst_engine import transfer as stylize_module
+from nst_engine import StyleParams
+from nst_engine.transfer import color
+from nst_engine.model import cache as model_cache
+from nst_engine.transfer import objective as objective_module
+from nst_engine.transfer import optimise as optimise_module
 from nst_engine.errors import Cancelled, DeviceUnavailable, NumericalError
-from nst_engine.losses import TVLoss
+from nst_engine.transfer.losses import TVLoss
 from nst_engine.transfer import stylize
 
 
@@ -186,9 +189,9 @@ def test_diverging_loss_is_a_numerical_error(random_weights_file, monkeypatch):
 
 
 def test_model_is_loaded_once_per_weights_file(random_weights_file, monkeypatch):
-    import nst_engine.weights as weights
+    import nst_engine.model.weights as weights
 
-    stylize_module._model_cache.clear()
+    model_cache.clear()
     calls = []
     real = weights.load_weights
     monkeypatch.setattr(weights, "load_weights", lambda *a, **k: calls.append(a) or real(*a, **k))
@@ -210,8 +213,8 @@ def test_tiny_and_thin_images_work(random_weights_file):
 
 def _read_back_every(monkeypatch, steps: int) -> None:
     """Make the CPU loop behave like the GPU's: losses read only every ``steps`` steps."""
-    monkeypatch.setitem(stylize_module.READBACK_STEPS, "cpu", steps)
-    monkeypatch.setattr(stylize_module, "READBACK_SECONDS", 1e9)
+    monkeypatch.setitem(optimise_module.READBACK_STEPS, "cpu", steps)
+    monkeypatch.setattr(optimise_module, "READBACK_SECONDS", 1e9)
 
 
 def test_losses_are_read_back_every_n_steps_and_at_the_end(random_weights_file, monkeypatch):
@@ -242,14 +245,14 @@ def test_cancel_stops_the_loop_at_the_next_step_between_reads(random_weights_fil
     _read_back_every(monkeypatch, 1000)
     event = threading.Event()
     calls = []
-    real = stylize_module._Objective.__call__
+    real = objective_module.Objective.__call__
 
     def objective(self, img):
         calls.append(1)
         if len(calls) == 3:
             event.set()
         return real(self, img)
-    monkeypatch.setattr(stylize_module._Objective, "__call__", objective)
+    monkeypatch.setattr(objective_module.Objective, "__call__", objective)
     with pytest.raises(Cancelled):
         stylize(content=_content(), styles=[(_style(), 1.0)], params=_params(iterations=50),
                 device="cpu", weights=random_weights_file, cancel=event)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_engine import weights as W
+from nst_engine.model import weights as W
 from nst_engine.errors import WeightsInvalid, WeightsMissing
 from nst_engine.testing import random_vgg19_state
-from nst_engine.vgg_layers import CONV_LAYERS
+from nst_engine.model.layers import CONV_LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """VGG19 weight files: the known downloads, layouts, validation, the compact cache, `fetch-weights`.
 
-Two kinds of weights, each wanting its own input preprocessing (applied in ``model.py``):
+Two kinds of weights, each wanting its own input preprocessing (applied in ``vgg.py``):
 
 * ``torchvision`` -- torchvision's ImageNet VGG19: RGB in [0, 1], normalised by ImageNet mean/std.
 * ``caffe`` -- the Caffe-converted VGG19 (Simonyan & Zisserman's original, as used by Gatys et al.
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .bridge import config
-from .errors import WeightsInvalid, WeightsMissing
-from .vgg_layers import CONV_LAYERS, INDEX, LAYERS
+from ..bridge import config
+from ..errors import WeightsInvalid, WeightsMissing
+from .layers import CONV_LAYERS, INDEX, LAYERS, vgg19_state_shapes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -125,8 +125,6 @@ def default_weights_path() -> Path:
 def _torchvision_shapes() -> dict[str, tuple[int, ...]]:
     """Every key and shape of torchvision's vgg19 state dict (tests compare it with
     torchvision's own)."""
-    from .model import vgg19_state_shapes  # torchvision's keys without importing it (slow)
-
     return vgg19_state_shapes()
 
 

@@ -143,3 +143,23 @@ class Budget:
         statistics pass."""
         pixels = self.pixels / (self.per_pixel * NO_GRAD_SHARE)
         return int(math.sqrt(pixels * max(hw) / min(hw)))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the device (or the CPU allocator) running out of memory."""
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    if oom_types and isinstance(e, oom_types):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text
+                                            or "can't allocate memory" in text)
+
+
+def release_cached(dev: torch.device) -> None:
+    """Hand the allocator's cached blocks back after an out-of-memory error, so a retry starts
+    clean."""
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    elif dev.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

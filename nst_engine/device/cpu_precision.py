@@ -15,7 +15,7 @@ installer's self-check, which runs the engine once): a second or so (time limits
 constants below; oneDNN's first-use kernel building comes on top, and takes seconds only on a
 heavily loaded machine). ``NST_ENGINE_CPU_BF16=1`` / ``=0`` overrides it.
 
-    python -m nst_engine.cpu_precision [--json]    # measure now (the cache is not touched)
+    python -m nst_engine.device.cpu_precision [--json]    # measure now (the cache is not touched)
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _key_text(key: dict[str, Any]) -> str:
 
 
 def cache_path() -> Path:
-    from .bridge.config import cpu_precision_cache_path
+    from ..bridge.config import cpu_precision_cache_path
 
     return cpu_precision_cache_path()
 

@@ -17,19 +17,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .vgg_layers import INDEX, LAYERS
+from .layers import INDEX, LAYERS, VGG19_CONFIG
 from .weights import PREPROCESS, VGGWeights
 
 POOLINGS = ("max", "avg")
-
-#: VGG19's ``features`` (configuration "E" of Simonyan & Zisserman): output channels of each 3x3
-#: convolution (each followed by a ReLU), "M" for a 2x2 max pooling.
-VGG19_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-                512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
-#: torchvision's classifier: (state-dict index, in features, out features). The engine never
-#: builds it; weight files may carry it, and their shapes are checked.
-VGG19_CLASSIFIER = ((0, 512 * 7 * 7, 4096), (3, 4096, 4096), (6, 4096, 1000))
-
 
 def vgg19_features() -> nn.Sequential:
     """``torchvision.models.vgg19().features``: the same modules at the same indices, so the
@@ -44,24 +35,6 @@ def vgg19_features() -> nn.Sequential:
             layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             channels = v
     return nn.Sequential(*layers)
-
-
-def vgg19_state_shapes() -> dict[str, tuple[int, ...]]:
-    """Every key and shape of torchvision's ``vgg19()`` state dict (features and classifier),
-    in its order, without building anything."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    index, channels = 0, 3
-    for v in VGG19_CONFIG:
-        if v == "M":
-            index += 1
-            continue
-        shapes[f"features.{index}.weight"] = (v, channels, 3, 3)
-        shapes[f"features.{index}.bias"] = (v,)
-        index, channels = index + 2, v
-    for i, n_in, n_out in VGG19_CLASSIFIER:
-        shapes[f"classifier.{i}.weight"] = (n_out, n_in)
-        shapes[f"classifier.{i}.bias"] = (n_out,)
-    return shapes
 
 
 class VGGFeatures(nn.Module):

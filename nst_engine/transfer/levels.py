@@ -15,8 +15,8 @@ from functools import cached_property
 import torch
 
 from . import tiles
-from .memory import Budget
-from .params import StyleParams
+from ..device.memory import Budget
+from ..params import StyleParams
 
 #: Shortest side, in px, the optimisation runs at (VGG pools the image 4 times before relu5_1).
 MIN_SIDE = 32

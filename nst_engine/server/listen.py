@@ -1,8 +1,8 @@
-"""``serve --listen SOCKET``: the warm engine that ``attach`` starts (see ``bridge/warm.py``).
+"""``serve --listen SOCKET``: the warm engine that ``attach`` starts (``attach.py``).
 
 Loads torch and the model once, then serves any number of clients, each on its own connection
 of the user's private Unix-domain socket, with the same framed protocol and the same session
-code as stdin mode (``serve._Server``); their jobs share one queue, one job at a time. It exits
+code as stdin mode (``session.Session``); their jobs share one queue, one job at a time. It exits
 ``--keep-warm`` seconds after the last activity (a job ending, a client coming or going), on
 SIGTERM (``install.py``, or a client replacing it) and SIGHUP, removing its socket.
 
@@ -21,40 +21,45 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .bridge import warm
-from .serve import _Jobs, _log, _Server, load_engine
+from ..bridge import warm
+from .engine import Ready, load_engine
+from .jobs import Jobs
+from .session import Session
+from .streams import exit_now, follow_log, log, open_log
 
 
-def _open_log(path: Path) -> None:
-    """fd 1 and fd 2 → the log (appending); fd 0 → the null device. Nothing is a terminal."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(fd, 2)
-    os.dup2(fd, 1)
-    os.close(fd)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sys.stdout = sys.stderr
+class SocketSession(Session):
+    """A warm engine's session: one connection of the socket, which it closes when the client
+    ends; the engine goes on."""
 
+    def __init__(self, args: Any, conn: socket.socket, jobs: Jobs) -> None:
+        super().__init__(args, conn.makefile("rb", buffering=0),
+                         conn.makefile("wb", buffering=0), jobs)
+        self.conn = conn
 
-def _follow_log(path: Path) -> None:
-    """The client moves a large log aside (engine.log.1): write to the new file from now on."""
-    try:
-        if os.stat(path).st_ino == os.fstat(2).st_ino:
-            return
-    except OSError:
-        pass
-    try:
-        _open_log(path)
-    except OSError:
-        pass
+    def _ended(self, why: str) -> None:
+        log(f"client session ended: {why}")
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)  # wakes this session's reader thread
+            self.inp.close()
+            self.out.close()
+            self.conn.close()
+        except OSError:
+            pass
+        self.jobs.touch()
+
+    def serve(self, ready: Ready) -> None:
+        """Hello, then the client's frames, in this session's own thread."""
+        if self.hello(ready):
+            self.read_loop()
+        else:
+            self.stop(0, "the hello could not be sent")
 
 
 class _Listener:
     def __init__(self, args: Any, path: Path) -> None:
         self.args, self.path = args, path
-        self.jobs = _Jobs()
+        self.jobs = Jobs()
         self.stopping = threading.Event()
         self.sock: socket.socket | None = None
         self.inode: int | None = None
@@ -66,13 +71,10 @@ class _Listener:
                 self.path.unlink()
         except OSError:
             pass
-        _log(f"warm engine exiting: {why}")
-        try:
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        log(f"warm engine exiting: {why}")
+        exit_now(code)
 
-    def accept_loop(self, ready: Any) -> None:
+    def accept_loop(self, ready: Ready) -> None:
         assert self.sock is not None
         while True:
             try:
@@ -82,35 +84,33 @@ class _Listener:
                 return
             creds = warm.peer_credentials(conn)
             if creds is not None and creds[1] != os.getuid():
-                _log(f"refused a connection from uid {creds[1]} (pid {creds[0]})")
+                log(f"refused a connection from uid {creds[1]} (pid {creds[0]})")
                 conn.close()
                 continue
             if self.args.log:
-                _follow_log(Path(self.args.log))
-            _log(f"client connected (pid {creds[0] if creds else '?'})")
-            session = _Server(self.args, conn.makefile("rb", buffering=0),
-                              conn.makefile("wb", buffering=0), jobs=self.jobs,
-                              ends_process=False)
-            session.conn = conn
+                follow_log(Path(self.args.log))
+            log(f"client connected (pid {creds[0] if creds else '?'})")
+            session = SocketSession(self.args, conn, self.jobs)
             self.jobs.touch()
-            threading.Thread(target=session.serve_connection, args=(ready,), daemon=True,
+            threading.Thread(target=session.serve, args=(ready,), daemon=True,
                              name="nst-serve-session").start()
 
 
-def run_listen(args: Any) -> int:
+def run(args: Any) -> int:
+    """The ``serve --listen SOCKET`` command."""
     path = Path(args.listen)
     if args.log:
-        _open_log(Path(args.log))
-    _log(f"warm engine starting (python {sys.version.split()[0]}, {sys.executable}), "
+        open_log(Path(args.log))
+    log(f"warm engine starting (python {sys.version.split()[0]}, {sys.executable}), "
          f"socket {path}, keep_warm {args.keep_warm:g} s")
     try:
         warm.check_private(path.parent)
     except warm.WarmUnavailable as e:
-        _log(f"not listening: {e}")
+        log(f"not listening: {e}")
         os._exit(1)
     lock = warm.EngineLock(path.parent)
     if not lock.acquire():
-        _log("another warm engine holds the lock: leaving it to serve")
+        log("another warm engine holds the lock: leaving it to serve")
         os._exit(0)
     listener = _Listener(args, path)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -120,7 +120,7 @@ def run_listen(args: Any) -> int:
         listener.exit(f"cannot start: {ready.error[1]}", 1)
     listener.sock = warm.listen(path)
     listener.inode = os.stat(path).st_ino
-    _log(f"listening on {path}")
+    log(f"listening on {path}")
     threading.Thread(target=listener.accept_loop, args=(ready,), daemon=True,
                      name="nst-serve-accept").start()
     listener.jobs.touch()

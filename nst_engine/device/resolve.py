@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DeviceUnavailable
+from ..errors import DeviceUnavailable
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 

@@ -1,0 +1,213 @@
+"""``python -m nst_engine attach``: the relay the client runs instead of a per-run engine when
+``keep_warm`` > 0 (POSIX).
+
+Connect to the warm engine's socket (``bridge/warm.py``), or start a detached
+``serve --listen`` and wait for it; check its hello (``warm.key`` = this engine's version,
+source files and options, so an engine that ``install.py`` has since updated, or one started
+with other weights, is replaced); then copy bytes both ways between stdin/stdout and the socket
+until either side ends. The framed protocol runs through unchanged, so the client, and an ssh
+``engine_command``, work as with a per-run engine; the plug-in's end of the pipe closing (GIMP
+killed it) closes the connection, which cancels that client's job, and the engine stays warm.
+Where no warm engine can be had, attach becomes the per-run engine (``serve``).
+
+Standard library only: attach runs before, and instead of, anything that imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import __version__
+from ..bridge import config
+from ..bridge.warm import (BUILD_ENV, EXIT_NO_ENGINE, POLL, SOCKET_NAME, EngineLock,
+                           WarmUnavailable, connect, private_dir, read_hello, stop_engine)
+from ..bridge.wire import PROTOCOL_VERSION, Msg, ProtocolError, encode_frame
+
+#: A warm engine answers a connection at once (a thread of its own accepts); past this it hangs.
+WARM_HELLO_TIMEOUT = 15.0
+
+
+def _log(msg: str) -> None:
+    try:
+        sys.stderr.write(f"{time.strftime('%H:%M:%S')} attach[{os.getpid()}]: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def engine_key(serve_args: Sequence[str], keep_warm: float) -> str:
+    """What a warm engine must match to be reused: the protocol, the engine's version and its
+    source files as they are now (size and mtime: a re-install changes them), its options."""
+    stamp: Any = os.environ.get(BUILD_ENV)
+    if not stamp:
+        root = Path(__file__).resolve().parents[1]  # nst_engine/
+        stamp = []
+        for p in sorted(p for pat in ("**/*.py", "presets/*.yaml") for p in root.glob(pat)):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            stamp.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
+    blob = json.dumps([PROTOCOL_VERSION, __version__, stamp, list(serve_args), keep_warm])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _spawn_engine(serve_args: Sequence[str], sock: Path, keep_warm: float, key: str,
+                  log_path: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "nst_engine", "serve", *serve_args, "--listen", str(sock),
+            "--keep-warm", f"{keep_warm:g}", "--warm-key", key, "--log", str(log_path)]
+    _log(f"starting a warm engine: {argv!r}")
+    # Its own session: it outlives this relay and GIMP's signals; its output goes to the log.
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float, key: str,
+                      log_path: Path, timeout: float) -> socket.socket:
+    """A connection to a listening engine, starting one when none runs. Raises TimeoutError or
+    RuntimeError (the engine failed to start: its lines are in the log)."""
+    path = folder / SOCKET_NAME
+    lock = EngineLock(folder)
+    child: subprocess.Popen | None = None
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = connect(path)
+        if sock is not None:
+            return sock
+        if child is not None and child.poll() not in (None, 0):
+            raise RuntimeError(f"the engine exited with status {child.returncode} while "
+                               "starting")
+        # Start one unless one is starting (it holds the lock before it listens); two relays
+        # racing start two, and the one that does not get the lock exits at once (status 0).
+        if (child is None or child.poll() is not None) and lock.holder() is None:
+            child = _spawn_engine(serve_args, path, keep_warm, key, log_path)
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(POLL)
+
+
+def _relay(sock: socket.socket, first: bytes) -> int:
+    """stdin → socket and socket → stdout until either ends; 0 when the engine ended the
+    session after our input ended, EXIT_NO_ENGINE when it vanished under a live client."""
+    out_fd, in_fd = sys.stdout.fileno(), sys.stdin.fileno()
+    _write_all(out_fd, first)
+    input_ended = threading.Event()
+
+    def upstream() -> None:
+        try:
+            while True:
+                data = os.read(in_fd, 1 << 20)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        input_ended.set()
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the engine sees the end of this client's input
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, name="nst-attach-up", daemon=True).start()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    try:
+        while True:
+            n = sock.recv_into(buf)
+            if not n:
+                break
+            _write_all(out_fd, view[:n])
+    except OSError:
+        return 0 if input_ended.is_set() else EXIT_NO_ENGINE  # our reader (the client) is gone
+    if input_ended.is_set():
+        return 0
+    # The engine closed the connection while the client still talks: it stopped or died.
+    # Give the client's input a moment to end (it may have been closing anyway).
+    return 0 if input_ended.wait(0.2) else EXIT_NO_ENGINE
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def attach(serve_args: Sequence[str], *, keep_warm: float, hello_timeout: float,
+           log_path: Path | None = None, fresh: bool = False) -> int:
+    """The ``attach`` command: relay stdin/stdout to the warm engine (see the module doc).
+    ``fresh``: replace the running engine first (the plug-in's retry after a failure)."""
+    log_path = Path(log_path or os.environ.get("NST_ENGINE_LOG")
+                    or config.default_log_dir() / "engine.log")
+    try:
+        folder = private_dir()
+    except WarmUnavailable as e:
+        _log(f"no warm engine ({e}): running one for this client only")
+        return -1  # the caller runs plain ``serve``
+    key = engine_key(serve_args, keep_warm)
+    if fresh:
+        _replaced(stop_engine(folder), "a fresh one was asked for")
+    why = "no engine answered"
+    for _attempt in range(3):
+        try:
+            sock = _connect_or_start(folder, serve_args, keep_warm, key, log_path, hello_timeout)
+        except TimeoutError:
+            why = f"no engine listened within {hello_timeout:g} s"
+            break
+        except RuntimeError as e:
+            why = str(e)
+            break
+        try:
+            hello = read_hello(sock, WARM_HELLO_TIMEOUT)
+        except TimeoutError:
+            sock.close()
+            _replaced(stop_engine(folder, force=True),
+                      f"it did not answer within {WARM_HELLO_TIMEOUT:g} s (hung)")
+            continue
+        except ProtocolError as e:
+            sock.close()
+            _replaced(stop_engine(folder, force=True), f"it sent garbage ({e.message})")
+            continue
+        if hello is None:  # it was ending (idle time over) as we connected: try again
+            sock.close()
+            why = "the engine closed the connection before its hello"
+            continue
+        warm = hello.get("warm") if hello.get("type") == Msg.HELLO else None
+        if not isinstance(warm, dict) or warm.get("key") != key:
+            sock.close()
+            _replaced(stop_engine(folder), "it is another version or has other options")
+            continue
+        _log(f"connected to the warm engine, pid {hello.get('pid')}")
+        return _relay(sock, encode_frame(hello))
+    _log(f"no warm engine: {why}")
+    return EXIT_NO_ENGINE
+
+
+def _replaced(pid: int | None, why: str) -> None:
+    if pid:
+        _log(f"stopped the warm engine pid {pid}: {why}")
+
+
+def run(args: Any) -> int:
+    """``python -m nst_engine attach`` (``args``: serve's options plus ``keep_warm``,
+    ``hello_timeout``, ``fresh``)."""
+    serve_args: list[str] = []
+    if getattr(args, "weights", None):
+        serve_args += ["--weights", args.weights]
+    if getattr(args, "device", None):
+        serve_args += ["--device", args.device]
+    code = attach(serve_args, keep_warm=args.keep_warm, hello_timeout=args.hello_timeout,
+                  fresh=args.fresh) if args.keep_warm > 0 else -1
+    if code >= 0:
+        return code
+    # No warm engine possible (or keep_warm 0): become the per-run engine, as before.
+    os.execv(sys.executable, [sys.executable, "-m", "nst_engine", "serve", *serve_args])
+    return 1  # not reached

@@ -1,0 +1,93 @@
+"""The one queue every session's jobs go through: one job at a time, in arrival order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from ..bridge import wire
+from ..bridge.wire import Msg
+from .engine import release_cached_memory
+from .streams import log
+
+#: The progress stage of a job queued behind another client's (the plug-in shows it in words).
+WAITING_STAGE = "waiting"
+
+
+class Client(Protocol):
+    """Whose job it is (a ``session.Session``): where its replies go and how it runs."""
+
+    def send(self, header: dict[str, Any], *parts: bytes) -> bool: ...
+
+    def run_job(self, frame: wire.Frame, cancel: threading.Event) -> None: ...
+
+
+class Jobs:
+    """The one queue every session's jobs go through: one job at a time, in arrival order.
+
+    A job queued behind another gets a ``waiting`` progress frame; one cancelled while it waits
+    is answered at once (``cancelled``) instead of when its turn comes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque = deque()  # (session, frame, cancel event)
+        self._running: "Client | None" = None  # whose job runs now
+        self.last_active = time.monotonic()
+
+    def submit(self, session: Client, frame: wire.Frame, cancel: threading.Event) -> None:
+        with self._cond:
+            # Only another client's job makes this one wait (its own previous job may still be
+            # finishing when a quick client sends the next).
+            behind = (self._running not in (None, session)
+                      or any(other is not session for other, _, _ in self._queue))
+            self._queue.append((session, frame, cancel))
+            self._cond.notify_all()
+        if behind:
+            log(f"job {frame.header.get('id')!r} waits for another client's job")
+            session.send({"type": Msg.PROGRESS, "id": frame.header.get("id"),
+                          "stage": WAITING_STAGE, "level": 0, "levels": 0, "iteration": 0,
+                          "total": 0, "elapsed": 0.0, "eta": None})
+
+    def touch(self) -> None:
+        """Something happened (a client came or went): the idle time starts again."""
+        with self._cond:
+            self.last_active = time.monotonic()
+            self._cond.notify_all()
+
+    def work(self, stopping: threading.Event, idle_exit: float | None = None) -> None:
+        """Run jobs until ``stopping`` is set or, with ``idle_exit``, nothing happened for that
+        many seconds."""
+        threading.Thread(target=self._answer_cancelled, args=(stopping,), daemon=True,
+                         name="nst-serve-cancelled").start()
+        while not stopping.is_set():
+            with self._cond:
+                if not self._queue:
+                    if idle_exit is not None and \
+                            time.monotonic() - self.last_active >= idle_exit:
+                        return
+                    self._cond.wait(0.25)
+                    continue
+                session, frame, cancel = self._queue.popleft()
+                self._running = session
+            try:
+                session.run_job(frame, cancel)
+            finally:
+                release_cached_memory()
+                with self._cond:
+                    self._running = None
+                    self.last_active = time.monotonic()
+
+    def _answer_cancelled(self, stopping: threading.Event) -> None:
+        while not stopping.wait(0.1):
+            with self._cond:
+                gone = [item for item in self._queue if item[2].is_set()]
+                for item in gone:
+                    self._queue.remove(item)
+            for session, frame, cancel in gone:
+                session.run_job(frame, cancel)  # answers ``cancelled`` without running
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()

@@ -1,0 +1,230 @@
+"""One client's session with the engine: framed messages in, replies out (``bridge/wire.py``).
+
+A reader thread takes the client's frames: jobs go to the shared queue (``jobs.Jobs``), which
+a transport's main thread works through; ``cancel`` sets the named job's event; ``shutdown`` or
+the end of the input ends the session (``Session._ended``: the transport says what that ends).
+Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error frame
+and end the session, since the stream is out of step; a well-framed but wrong message (unknown
+type, other protocol version, bad fields) is answered and the session goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from typing import Any, BinaryIO
+
+from ..bridge import wire
+from ..bridge.wire import Code, Msg, ProtocolError
+from .. import presets
+from ..errors import Cancelled, EngineError, OutOfMemory
+from .engine import Ready
+from .jobs import Jobs
+from .progress import ProgressThrottle
+from .streams import log
+
+#: Exit status after a framing error on stdin.
+EXIT_PROTOCOL = 3
+#: Environment variable that lowers the payload limit (bytes), e.g. for tests.
+MAX_PAYLOAD_ENV = "NST_MAX_PAYLOAD"
+#: Longest message or hint an error frame carries (they may quote a client's input).
+MAX_MESSAGE = 2000
+
+
+def bounded(text: str) -> str:
+    text = str(text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
+
+
+class Session:
+    """One client's conversation: its frames in, its replies out, its jobs on the shared queue.
+
+    A transport makes one per client (``stdio.StdioSession``, ``listen.SocketSession``) and
+    says what the client's end means (``_ended``): the process's end on stdin, only the
+    connection's on a warm engine's socket.
+    """
+
+    def __init__(self, args: Any, inp: BinaryIO, out: BinaryIO, jobs: Jobs) -> None:
+        self.args = args
+        self.inp, self.out = inp, out
+        self.max_payload = int(os.environ.get(MAX_PAYLOAD_ENV) or wire.DEFAULT_MAX_PAYLOAD)
+        self.jobs = jobs
+        self.cancels: dict[Any, threading.Event] = {}
+        self.lock = threading.Lock()  # guards writes to out and self.cancels
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        self.notices: list[str] = []  # attached to every result (e.g. unverified weights)
+
+    # -------------------------------------------------------------------- sending
+
+    def send(self, header: dict[str, Any], *parts: bytes) -> bool:
+        try:
+            with self.lock:
+                wire.write_frame(self.out, header, *parts)
+            return True
+        except wire.EncodeError as e:  # a bug in this reply, not a gone client: say so
+            log(f"a {header.get('type')!r} reply could not be sent: {e}")
+            if header.get("type") == Msg.ERROR and header.get("code") == Code.INTERNAL:
+                return False  # the fallback itself failed: the log has it
+            rid = header.get("id")
+            return self.send_error(rid if wire.is_valid_id(rid) else None, Code.INTERNAL,
+                                   f"The engine could not encode its reply ({e}).",
+                                   "This is a bug; the details are in the engine log.")
+        except (OSError, ValueError):  # the client is gone (broken pipe) or out was closed
+            self.stop(self.exit_code, "the client stopped reading")
+            return False
+
+    def send_error(self, rid: Any, code: str, message: str, hint: str = "") -> bool:
+        # Messages may quote what a client sent: never let one outgrow a frame.
+        return self.send({"type": Msg.ERROR, "id": rid, "code": code,
+                          "message": bounded(message), "hint": bounded(hint)})
+
+    # -------------------------------------------------------------------- life cycle
+
+    def stop(self, code: int, why: str) -> None:
+        with self.lock:
+            if self.stopping.is_set():
+                return
+            self.exit_code = code
+            self.stopping.set()
+            for ev in self.cancels.values():
+                ev.set()
+        self._ended(why)
+
+    def _ended(self, why: str) -> None:
+        """The client is gone or asked to stop: what that ends is the transport's call."""
+        raise NotImplementedError
+
+    def hello(self, ready: Ready) -> bool:
+        """Send ``hello`` (or the start-up error); False when the session cannot go on."""
+        if ready.error is not None:
+            self.send_error(None, *ready.error)
+            return False
+        self.notices = list(ready.notices)
+        return self.send(ready.header)
+
+    # -------------------------------------------------------------------- input
+
+    def read_loop(self) -> None:
+        """Frames until the input ends; nothing a client sends may end this thread silently,
+        or the engine would neither answer nor exit."""
+        try:
+            self._read_frames()
+        except BaseException as e:  # noqa: BLE001 - e.g. MemoryError while reading a payload
+            log("reading the client's messages failed:\n" + traceback.format_exc())
+            self.stop(EXIT_PROTOCOL, f"the reader failed ({type(e).__name__})")
+
+    def _read_frames(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                frame = wire.read_frame(self.inp, accept=wire.CLIENT_TYPES,
+                                        max_payload=self.max_payload)
+            except ProtocolError as e:
+                log(f"bad message from the client ({e.code}): {e.message}")
+                self.send_error(e.id, e.code, f"The engine received a message it cannot use: "
+                                f"{e.message}.", "Install the plug-in and the engine from the "
+                                "same Style Transfer version (`python install.py`).")
+                if e.fatal:
+                    self.stop(EXIT_PROTOCOL, "the input stream is out of step")
+                    return
+                continue
+            except OSError as e:
+                self.stop(0, f"reading stdin failed: {e}")
+                return
+            if frame is None:
+                self.stop(0, "end of input (the plug-in exited)")
+                return
+            try:
+                if not self._handle(frame):
+                    return
+            except Exception as e:  # noqa: BLE001 - answered; the stream is still in step
+                log("handling a message failed:\n" + traceback.format_exc())
+                rid = frame.header.get("id")
+                self.send_error(rid if wire.is_valid_id(rid) else None, Code.INTERNAL,
+                                f"The engine failed on a {frame.type} message "
+                                f"({type(e).__name__}).",
+                                "This is a bug; the details are in the engine log.")
+
+    def _handle(self, frame: wire.Frame) -> bool:
+        """Act on one checked message (``wire.check_request`` made its id hashable);
+        False when this session ends."""
+        rid = frame.header.get("id")
+        if frame.type == Msg.STYLIZE:
+            ev = threading.Event()
+            with self.lock:
+                taken = rid in self.cancels
+                if not taken:
+                    self.cancels[rid] = ev
+            if taken:
+                self.send_error(None, Code.BAD_REQUEST, f"stylize: the id {wire.excerpt(rid)} "
+                                "belongs to a job that has not finished.",
+                                "Give every request its own id.")
+            else:
+                self.jobs.submit(self, frame, ev)
+        elif frame.type == Msg.CANCEL:
+            with self.lock:
+                targets = list(self.cancels.values()) if rid is None else \
+                    [self.cancels[rid]] if rid in self.cancels else []
+            for ev in targets:
+                ev.set()
+        elif frame.type == Msg.SHUTDOWN:
+            self.stop(0, "shutdown requested")
+            return False
+        return True
+
+    # -------------------------------------------------------------------- jobs
+
+    def run_job(self, frame: wire.Frame, cancel: threading.Event) -> None:
+        h = frame.header
+        rid = h.get("id")
+        started = time.monotonic()
+        try:
+            if cancel.is_set():
+                raise Cancelled("Style transfer cancelled.", "")
+            result = self._stylize(h, frame.payload, cancel)
+            self.send({"type": Msg.RESULT, "id": rid, "width": result.width,
+                       "height": result.height, "notices": self.notices},
+                      result.tobytes())
+            log(f"job {rid!r} done in {time.monotonic() - started:.1f} s")
+        except EngineError as e:
+            log(f"job {rid!r}: {e.code}: {e.message}")
+            self.send_error(rid, e.code, e.message, e.hint)
+        except MemoryError:
+            log(f"job {rid!r}: out of memory:\n" + traceback.format_exc())
+            self.send_error(rid, OutOfMemory.code, "The engine ran out of memory.",
+                            "Use a smaller max-size or a smaller region.")
+        except Exception as e:  # noqa: BLE001 - reported, with the traceback in the log
+            log(f"job {rid!r} failed:\n" + traceback.format_exc())
+            self.send_error(rid, Code.INTERNAL,
+                            f"The engine failed unexpectedly ({type(e).__name__}: {e}).",
+                            "This is a bug; the details are in the engine log. "
+                            "Please report it with that log.")
+        finally:
+            with self.lock:
+                self.cancels.pop(rid, None)
+
+    def _stylize(self, h: dict[str, Any], payload: bytes, cancel: threading.Event):
+        from PIL import Image  # the first job pays for these, not the hello
+
+        from ..transfer.pipeline import stylize
+
+        # Straight from the payload's memory (no extra copy: 48 MB for a 12 MP layer).
+        images = [Image.frombytes("RGBA", (im["width"], im["height"]), data)
+                  for im, data in wire.split_images(h, payload)]
+        weights = [im.get("weight") for im in h["images"]]
+        params = presets.resolve(h.get("preset"), h.get("overrides") or {})
+        device = h.get("device") or "auto"
+        if device == "auto":
+            device = self.args.device
+        progress = ProgressThrottle(self.send, h.get("id"))
+        out = stylize(content=images[0], styles=list(zip(images[1:], weights[1:])),
+                      params=params, device=device, weights=self.args.weights,
+                      progress=progress, cancel=cancel)
+        progress.flush()
+        if out.mode != "RGBA":
+            out = out.convert("RGBA")
+        if out.size != images[0].size:
+            raise RuntimeError(f"stylize returned {out.size} for content {images[0].size}")
+        return out
