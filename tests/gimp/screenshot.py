@@ -29,8 +29,7 @@ def main(argv: list[str]) -> int:
         session.set_up()
         found = session.run_gui("gui_preview.py", "dialog shot", timeout=600,
                                 NST_PREVIEW_MODE="shot",
-                                NST_PREVIEW_DUMP_DIR=f"{session.work}/previews",
-                                NST_E2E_SCRIPTS=f"{session.src}/tests/gimp/scripts")
+                                NST_PREVIEW_DUMP_DIR=f"{session.work}/previews")
         shot = tree.host_path(f"{session.work}/dialog-shot.json.shot.png")
         dialog = found.get("shot", {})
         if dialog.get("driver", {}).get("capture_rc") != 0 or not shot.is_file():

@@ -39,12 +39,16 @@ class GimpSession:
         self.src = f"{self.work}/src"
         self.home = f"{self.work}/home"
         self.weights = f"{self.work}/vgg19-random.pth"
+        self.scripts = f"{self.src}/tests/gimp/scripts"
         self.timings: dict[str, float] = {}
         self.log: list[str] = []
 
     def env(self, **extra: str) -> dict[str, str]:
-        # The warm engine's folder: this session's own (not the tree's shared /tmp).
-        return {"HOME": self.home, "NST_RUNTIME_DIR": f"{self.work}/run", **extra}
+        # The warm engine's folder: this session's own (not the tree's shared /tmp). The
+        # scripts' folder: where they import prelude.py from (python-fu-eval gives them no
+        # __file__).
+        return {"HOME": self.home, "NST_RUNTIME_DIR": f"{self.work}/run",
+                "NST_E2E_SCRIPTS": self.scripts, **extra}
 
     def sh(self, argv: list[str], what: str, *, cwd: str = "/", stdin: bytes | None = None,
            env: dict[str, str] | None = None, timeout: float = 600,
@@ -106,9 +110,8 @@ class GimpSession:
         it writes its findings as JSON. ``procs``: processes left alive at the end. ``env``:
         more variables for GIMP (and so its plug-ins)."""
         out = f"{self.work}/{what.replace(' ', '-')}.json"
-        scripts = f"{self.src}/tests/gimp/scripts"
-        done = self.sh(["python3", f"{scripts}/gui_run.py", self.tree.gui,
-                        f"{scripts}/{script_name}", str(timeout)], what,
+        done = self.sh(["python3", f"{self.scripts}/gui_run.py", self.tree.gui,
+                        f"{self.scripts}/{script_name}", str(timeout)], what,
                        env=self.env(NST_E2E_OUT=out, **env), timeout=timeout + 60, check=False)
         path = self.tree.host_path(out)
         if not path.is_file():

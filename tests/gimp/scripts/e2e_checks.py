@@ -1,30 +1,21 @@
 # Runs inside GIMP (gimp-console ... --batch-interpreter python-fu-eval -b - < this file).
 # Every check records facts into one JSON file (NST_E2E_OUT); the pytest side asserts on them,
-# so one GIMP start (and few engine starts) covers many tests. `Gimp` is already imported.
-import json
+# so one GIMP start (and few engine starts) covers many tests.
 import os
 import subprocess
+import sys
 import time
 import traceback
 
-import gi
+sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
+from prelude import (CONFIG, ENGINE_LOG, FAST, PROC, add_layer, engine_log_size,  # noqa: E402
+                     engine_pids, fill, pixels, run_plugin, save, set_config, stripes)
 
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gio, GLib  # noqa: E402
+from gi.repository import Gegl, Gimp  # noqa: E402
 
-PROC = "plug-in-nst-style-transfer"
-FMT = "R'G'B'A u8"
 OUT = os.environ["NST_E2E_OUT"]
 ONLY = set(filter(None, os.environ.get("NST_E2E_CHECKS", "").split(",")))
-# Tiny and fast: the point is the plumbing, not the picture.
-FAST = {"preset": "quick", "iterations": 3, "max-size": 64, "seed": 7}
 results = {}
-
-
-def save():
-    with open(OUT + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(OUT + ".tmp", OUT)
 
 
 def check(fn):
@@ -37,31 +28,8 @@ def check(fn):
     except Exception:
         results[name] = {"exception": traceback.format_exc()}
     results[name + ".seconds"] = round(time.monotonic() - t0, 2)
-    save()
+    save(results, OUT)
     return fn
-
-
-def pixels(drawable, fmt=FMT, rect=None):
-    x, y, w, h = rect or (0, 0, drawable.get_width(), drawable.get_height())
-    return bytes(drawable.get_buffer().get(Gegl.Rectangle.new(x, y, w, h), 1.0, fmt,
-                                           Gegl.AbyssPolicy.NONE))
-
-
-def fill(layer, fn):
-    """Write fn(x, y) -> (r, g, b, a) into every pixel of the layer."""
-    w, h = layer.get_width(), layer.get_height()
-    data = bytearray()
-    for y in range(h):
-        for x in range(w):
-            data += bytes(fn(x, y))
-    buf = layer.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, w, h), FMT, bytes(data))
-    buf.flush()
-
-
-def new_layer(image, name, w, h, kind=None):
-    kind = kind if kind is not None else Gimp.ImageType.RGBA_IMAGE
-    return Gimp.Layer.new(image, name, w, h, kind, 100.0, Gimp.LayerMode.NORMAL)
 
 
 def photo(x, y):  # smooth content with an alpha hole in one corner
@@ -70,29 +38,21 @@ def photo(x, y):  # smooth content with an alpha hole in one corner
 
 
 def painting(x, y):  # stripes; its left columns fully transparent
-    a = 0 if x < 4 else 255
-    return ((255 if (x // 3) % 2 else 20), 40, (255 if (y // 4) % 2 else 60), a)
+    return (*stripes(x, y)[:3], 0 if x < 4 else 255)
 
 
-def two_layer_image(base=None, in_group=True):
+def two_layer_image(base=Gimp.ImageBaseType.RGB, in_group=True):
     """photo (80x64, offsets 5,7, inside a group when in_group) and painting (40x36, offsets
     30,20) on a 96x80 image. Returns (image, photo, painting)."""
-    base = base if base is not None else Gimp.ImageBaseType.RGB
     image = Gimp.Image.new(96, 80, base)
-    kind = Gimp.ImageType.GRAYA_IMAGE if base == Gimp.ImageBaseType.GRAY else None
+    kind = (Gimp.ImageType.GRAYA_IMAGE if base == Gimp.ImageBaseType.GRAY
+            else Gimp.ImageType.RGBA_IMAGE)
     parent = None
     if in_group:
-        parent = Gimp.GroupLayer.new(image, "group") if hasattr(Gimp, "GroupLayer") \
-            else Gimp.Layer.group_new(image)  # Gimp.GroupLayer: 3.0 and 3.2; fallback older
+        parent = Gimp.GroupLayer.new(image, "group")
         image.insert_layer(parent, None, 0)
-    src = new_layer(image, "photo", 80, 64, kind)
-    image.insert_layer(src, parent, 0)
-    src.set_offsets(5, 7)
-    fill(src, photo)
-    style = new_layer(image, "painting", 40, 36, kind)
-    image.insert_layer(style, None, 0)
-    style.set_offsets(30, 20)
-    fill(style, painting)
+    src = add_layer(image, "photo", 80, 64, photo, offsets=(5, 7), parent=parent, kind=kind)
+    style = add_layer(image, "painting", 40, 36, painting, offsets=(30, 20), kind=kind)
     return image, src, style
 
 
@@ -103,25 +63,6 @@ def stack(image):
         children = [item(c) for c in layer.get_children()] if layer.is_group() else None
         return [layer.get_name(), [x, y], [layer.get_width(), layer.get_height()], children]
     return [item(layer) for layer in image.get_layers()]
-
-
-def run(image, drawables, style, run_mode=None, **args):
-    proc = Gimp.get_pdb().lookup_procedure(PROC)
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", run_mode if run_mode is not None
-                     else Gimp.RunMode.NONINTERACTIVE)
-    cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", drawables)
-    if style is not None:
-        cfg.set_property("style-layer", style)
-    for k, v in args.items():
-        cfg.set_property(k, v)
-    t0 = time.monotonic()
-    res = proc.run(cfg)
-    status = res.index(0)
-    message = res.index(1) if res.length() > 1 else None
-    return {"status": status.value_nick, "message": message,
-            "seconds": round(time.monotonic() - t0, 2)}
 
 
 def added_layer(image, src):
@@ -171,7 +112,7 @@ def describe_result(image, src, style, before_src, before_style, before_stack):
 
 def stylize_check(image, src, style, drawables=None, **args):
     before = (pixels(src), pixels(style), stack(image))
-    r = run(image, drawables or [src], style, **{**FAST, **args})
+    r = run_plugin(image, drawables or [src], style, **{**FAST, **args})
     r.update(describe_result(image, src, style, *before))
     return r
 
@@ -265,14 +206,13 @@ def grayscale():
 @check
 def two_layers_two_styles():
     image, src, style = two_layer_image(in_group=False)
-    other = new_layer(image, "photo 2", 50, 40)
-    image.insert_layer(other, None, 2)  # bottom
-    fill(other, lambda x, y: (x * 5 % 256, 90, y * 6 % 256, 255))
-    style2 = new_layer(image, "painting 2", 30, 30)
-    image.insert_layer(style2, None, 0)
-    fill(style2, lambda x, y: (200, (x * y) % 256, 30, 255))
+    other = add_layer(image, "photo 2", 50, 40,
+                      lambda x, y: (x * 5 % 256, 90, y * 6 % 256, 255), position=2)  # bottom
+    style2 = add_layer(image, "painting 2", 30, 30,
+                       lambda x, y: (200, (x * y) % 256, 30, 255))
     before = stack(image)
-    r = run(image, [src, other], style, **FAST, **{"style-layer-2": style2, "style-mix": 0.4})
+    r = run_plugin(image, [src, other], style, **FAST,
+                   **{"style-layer-2": style2, "style-mix": 0.4})
     a, b = added_layer(image, src), added_layer(image, other)
     for info in (a, b):
         if info:
@@ -286,9 +226,8 @@ def two_layers_two_styles():
 def style_from_another_image():
     image, src, _ = two_layer_image(in_group=False)
     other = Gimp.Image.new(50, 40, Gimp.ImageBaseType.RGB)
-    style = new_layer(other, "other painting", 50, 40)
-    other.insert_layer(style, None, 0)
-    fill(style, lambda x, y: (250 if (x // 4) % 2 else 10, (y * 9) % 256, 90, 255))
+    style = add_layer(other, "other painting", 50, 40,
+                      lambda x, y: (250 if (x // 4) % 2 else 10, (y * 9) % 256, 90, 255))
     r = stylize_check(image, src, style)
     image.delete()
     other.delete()
@@ -322,9 +261,9 @@ def group_layers():
     image, src, style = two_layer_image(in_group=True)
     group = src.get_parent()
     before = stack(image)
-    r = {"as_source": run(image, [group], style, **FAST)}
+    r = {"as_source": run_plugin(image, [group], style, **FAST)}
     r["after_source"] = stack(image)
-    r["as_style"] = run(image, [style], group, **FAST)
+    r["as_style"] = run_plugin(image, [style], group, **FAST)
     r.update({"stack_before": before, "stack_after": stack(image)})
     image.delete()
     return r
@@ -358,23 +297,15 @@ def channel_as_drawable():
     return r
 
 
-def config_path():
-    return os.path.join(os.environ["HOME"], ".config", "nst-style-transfer", "config.json")
-
-
 def with_engine_command(argv, fn):
     """Run fn() with config.json's engine_command replaced by argv, then restore the file."""
-    path = config_path()
-    with open(path, encoding="utf-8") as f:
+    with open(CONFIG, encoding="utf-8") as f:
         original = f.read()
-    cfg = json.loads(original)
-    cfg["engine_command"] = argv
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(cfg, f)
+        set_config(engine_command=argv)
         return fn()
     finally:
-        with open(path, "w", encoding="utf-8") as f:
+        with open(CONFIG, "w", encoding="utf-8") as f:
             f.write(original)
 
 
@@ -406,7 +337,7 @@ def last_values_mode():
     def go():
         image, src, style = two_layer_image()
         before = (pixels(src), pixels(style), stack(image))
-        r = run(image, [src], style, run_mode=Gimp.RunMode.WITH_LAST_VALS)
+        r = run_plugin(image, [src], style, run_mode=Gimp.RunMode.WITH_LAST_VALS)
         r.update(describe_result(image, src, style, *before))
         image.delete()
         return r
@@ -415,26 +346,11 @@ def last_values_mode():
 
 @check
 def config_missing():
-    path = config_path()
-    os.replace(path, path + ".away")
+    os.replace(CONFIG, CONFIG + ".away")
     try:
         return failing_run()
     finally:
-        os.replace(path + ".away", path)
-
-
-def engine_pids():
-    out = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"nst_engine" in cmd and b"serve" in cmd:
-                out.append(int(pid))
-    return out
+        os.replace(CONFIG + ".away", CONFIG)
 
 
 KILLER = r"""
@@ -470,12 +386,10 @@ os.kill(plugin, signal.SIGKILL)
 def killed_mid_run():
     image, src, style = two_layer_image()
     before = stack(image)
-    log = os.path.join(os.environ["HOME"], ".local", "share", "nst-style-transfer", "logs",
-                       "engine.log")
-    killer = subprocess.Popen(["/usr/bin/python3", "-c", KILLER, log,
-                               str(os.path.getsize(log) if os.path.exists(log) else 0)],
+    killer = subprocess.Popen(["/usr/bin/python3", "-c", KILLER, ENGINE_LOG,
+                               str(engine_log_size())],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    r = run(image, [src], style, **{**FAST, "iterations": 5000, "max-size": 96})
+    r = run_plugin(image, [src], style, **{**FAST, "iterations": 5000, "max-size": 96})
     killer_out = killer.communicate(timeout=60)[0].decode()
     t0 = time.monotonic()
     left = engine_pids()
@@ -489,4 +403,4 @@ def killed_mid_run():
     return r
 
 
-save()
+save(results, OUT)

@@ -7,35 +7,21 @@
 # The plug-in writes every finished preview to $NST_PREVIEW_DUMP_DIR (its test hook). This side
 # records the image before and after each dialog, and the engine log's new lines, into
 # $NST_E2E_OUT; the test asserts on it.
-import hashlib
 import json
 import math
 import os
 import subprocess
-import time
-import traceback
+import sys
 
-import gi
+sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
+from prelude import (add_layer, displayed, engine_log, engine_log_size,  # noqa: E402
+                     pixel_hash, recording, run_plugin)
 
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl  # noqa: E402
+from gi.repository import Gimp  # noqa: E402
 
 OUT = os.environ["NST_E2E_OUT"]
 DRIVER = os.path.join(os.environ["NST_E2E_SCRIPTS"], "gui_preview_driver.py")
 results = {}
-
-
-def layer(image, name, w, h, fn, x=0, y=0):
-    lay = Gimp.Layer.new(image, name, w, h, Gimp.ImageType.RGBA_IMAGE, 100.0,
-                         Gimp.LayerMode.NORMAL)
-    image.insert_layer(lay, None, 0)
-    lay.set_offsets(x, y)
-    data = bytearray()
-    for j in range(h):
-        for i in range(w):
-            data += bytes(max(0, min(255, int(v))) for v in fn(i, j))
-    lay.get_buffer().set(Gegl.Rectangle.new(0, 0, w, h), "R'G'B'A u8", bytes(data))
-    return lay
 
 
 def landscape(i, j):
@@ -67,78 +53,43 @@ def snapshot(image):
     sets it: the image is made clean after it is built)."""
     layers = []
     for lay in image.get_layers():
-        w, h = lay.get_width(), lay.get_height()
-        data = lay.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "R'G'B'A u8",
-                                    Gegl.AbyssPolicy.NONE)
         _, x, y = lay.get_offsets()
         layers.append({"name": lay.get_name(), "id": lay.get_id(), "offsets": [x, y],
-                       "size": [w, h], "mask": lay.get_mask() is not None,
-                       "pixels": hashlib.sha1(bytes(data)).hexdigest()})
+                       "size": [lay.get_width(), lay.get_height()],
+                       "mask": lay.get_mask() is not None, "pixels": pixel_hash(lay)})
     return {"layers": layers, "dirty": image.is_dirty()}
-
-
-def engine_log():
-    """The engine log's text (the client appends a "starting engine" line per engine start)."""
-    path = os.path.join(os.environ["HOME"], ".local", "share", "nst-style-transfer", "logs",
-                        "engine.log")
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def dialog(image, photo, mode, name):
     """Open the dialog with the driver working it in ``mode``; record what came of it."""
-    global driver
-    log_before = len(engine_log())
+    log_start = engine_log_size()
     driver = subprocess.Popen(["python3", DRIVER, mode, f"{OUT}.{name}"])
-    proc = Gimp.get_pdb().lookup_procedure("plug-in-nst-style-transfer")
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-    cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", [photo])
-    res = proc.run(cfg)
-    found = {"status": res.index(0).value_nick,
-             "message": res.index(1) if res.length() > 1 else None,
-             "after": snapshot(image)}
-    driver.wait(30)
+    try:
+        found = run_plugin(image, [photo], run_mode=Gimp.RunMode.INTERACTIVE)
+        found["after"] = snapshot(image)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
     found["driver_rc"] = driver.returncode
     with open(f"{OUT}.{name}.driver.json") as f:
         found["driver"] = json.load(f)
-    found["engine_log"] = engine_log()[log_before:]
+    found["engine_log"] = engine_log(log_start)
     results[name] = found
 
 
-T0 = time.monotonic()
-image = display = driver = None
-try:
-    Gegl.init(None)
+with recording(results, OUT):
     image = Gimp.Image.new(640, 400, Gimp.ImageBaseType.RGB)
     image.undo_disable()
-    photo = layer(image, "Photo", 640, 400, landscape)
-    painting = layer(image, "Painting", 180, 160, swirls, 440, 220)
+    photo = add_layer(image, "Photo", 640, 400, landscape)
+    add_layer(image, "Painting", 180, 160, swirls, offsets=(440, 220))
     image.undo_enable()
     image.set_selected_layers([photo])
     image.clean_all()
-    display = Gimp.Display.new(image)
-    Gimp.displays_flush()
-    results["before"] = snapshot(image)
-    if os.environ.get("NST_PREVIEW_MODE") == "shot":
-        dialog(image, photo, "shot", "shot")
-    else:
-        dialog(image, photo, "cancel", "cancel")
-        dialog(image, photo, "ok", "ok")
-except Exception:
-    results["exception"] = traceback.format_exc()
-finally:
-    if driver is not None and driver.poll() is None:
-        driver.kill()
-    results["seconds"] = round(time.monotonic() - T0, 1)
-    with open(OUT + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(OUT + ".tmp", OUT)
-    if image is not None:
-        image.clean_all()
-    if display is not None:
-        display.delete()
+    with displayed(image):
+        results["before"] = snapshot(image)
+        if os.environ.get("NST_PREVIEW_MODE") == "shot":
+            dialog(image, photo, "shot", "shot")
+        else:
+            dialog(image, photo, "cancel", "cancel")
+            dialog(image, photo, "ok", "ok")

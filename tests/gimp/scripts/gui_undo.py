@@ -8,21 +8,18 @@
 # stays proves the whole run was one step (two steps would leave part of the result; an extra
 # undo would take the selection too). A key press GIMP never saw changes nothing, so it is sent
 # again; a press that arrived is never repeated.
-import hashlib
-import json
 import os
 import subprocess
+import sys
 import time
-import traceback
 
-import gi
+sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
+from prelude import (FAST, add_layer, displayed, pixel_hash, recording,  # noqa: E402
+                     run_plugin, stripes)
 
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl  # noqa: E402
+from gi.repository import Gimp  # noqa: E402
 
-PROC = "plug-in-nst-style-transfer"
 OUT = os.environ["NST_E2E_OUT"]
-FAST = {"preset": "quick", "iterations": 2, "max-size": 64, "seed": 7}
 #: Seconds to wait for a key press to show in the image before pressing again, and in all.
 RESEND_AFTER, KEY_DEADLINE = 4.0, 45.0
 results = {"log": []}
@@ -32,23 +29,6 @@ def log(text):
     results["log"].append(f"{time.monotonic() - T0:6.2f} {text}")
 
 
-def save():
-    with open(OUT + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(OUT + ".tmp", OUT)
-
-
-def fill(layer, fn):
-    w, h = layer.get_width(), layer.get_height()
-    data = bytearray()
-    for y in range(h):
-        for x in range(w):
-            data += bytes(fn(x, y))
-    buf = layer.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, w, h), "R'G'B'A u8", bytes(data))
-    buf.flush()
-
-
 def build():
     """[painting, group[photo]] on a 96x80 image, undo history empty; then an elliptical
     selection as the one undo step below the plug-in's."""
@@ -56,27 +36,13 @@ def build():
     image.undo_disable()  # building is not undoable: the history starts empty
     group = Gimp.GroupLayer.new(image, "group")
     image.insert_layer(group, None, 0)
-    photo = Gimp.Layer.new(image, "photo", 80, 64, Gimp.ImageType.RGBA_IMAGE, 100.0,
-                           Gimp.LayerMode.NORMAL)
-    image.insert_layer(photo, group, 0)
-    photo.set_offsets(5, 7)
-    fill(photo, lambda x, y: ((x * 3) % 256, (y * 4) % 256, (x * y) % 256, 255))
-    painting = Gimp.Layer.new(image, "painting", 40, 36, Gimp.ImageType.RGBA_IMAGE, 100.0,
-                              Gimp.LayerMode.NORMAL)
-    image.insert_layer(painting, None, 0)
-    painting.set_offsets(30, 20)
-    fill(painting, lambda x, y: ((255 if (x // 3) % 2 else 20), 40,
-                                 (255 if (y // 4) % 2 else 60), 255))
+    photo = add_layer(image, "photo", 80, 64,
+                      lambda x, y: ((x * 3) % 256, (y * 4) % 256, (x * y) % 256, 255),
+                      offsets=(5, 7), parent=group)
+    painting = add_layer(image, "painting", 40, 36, stripes, offsets=(30, 20))
     image.undo_enable()
     image.select_ellipse(Gimp.ChannelOps.REPLACE, 10, 12, 60, 50)
     return image, photo, painting
-
-
-def pixel_hash(drawable):
-    w, h = drawable.get_width(), drawable.get_height()
-    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "R'G'B'A u8",
-                                     Gegl.AbyssPolicy.NONE)
-    return hashlib.sha1(bytes(data)).hexdigest()
 
 
 def snapshot(image):
@@ -132,39 +98,18 @@ def press(window, keys, image, before):
 
 
 T0 = time.monotonic()
-display = image = None
-try:
-    Gegl.init(None)
+with recording(results, OUT):
     image, photo, painting = build()
-    display = Gimp.Display.new(image)
-    Gimp.displays_flush()
-    results["before"] = snapshot(image)
-    proc = Gimp.get_pdb().lookup_procedure(PROC)
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    cfg.set_property("image", image)
-    cfg.set_core_object_array("drawables", [photo])
-    cfg.set_property("style-layer", painting)
-    for k, v in FAST.items():
-        cfg.set_property(k, v)
-    res = proc.run(cfg)
-    results["status"] = res.index(0).value_nick
-    results["message"] = res.index(1) if res.length() > 1 else None
-    log(f"plug-in: {results['status']} {results['message']}")
-    results["after_run"] = snapshot(image)
-    window = window_of(display)
-    results["window"] = window
-    log(f"image window {window:#x}")
-    results["after_undo"], results["undo_presses"] = press(window, "ctrl+z", image,
-                                                           results["after_run"])
-    results["after_redo"], results["redo_presses"] = press(window, "ctrl+y", image,
-                                                           results["after_undo"])
-except Exception:
-    results["exception"] = traceback.format_exc()
-finally:
-    results["seconds"] = round(time.monotonic() - T0, 2)
-    save()
-    if image is not None:
-        image.clean_all()  # no "discard changes?" prompt at quit
-    if display is not None:
-        display.delete()
+    with displayed(image) as display:
+        results["before"] = snapshot(image)
+        run = run_plugin(image, [photo], painting, **{**FAST, "iterations": 2})
+        results["status"], results["message"] = run["status"], run["message"]
+        log(f"plug-in: {results['status']} {results['message']}")
+        results["after_run"] = snapshot(image)
+        window = window_of(display)
+        results["window"] = window
+        log(f"image window {window:#x}")
+        results["after_undo"], results["undo_presses"] = press(window, "ctrl+z", image,
+                                                               results["after_run"])
+        results["after_redo"], results["redo_presses"] = press(window, "ctrl+y", image,
+                                                               results["after_undo"])
