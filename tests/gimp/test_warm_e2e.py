@@ -10,7 +10,6 @@ GIMP must start while the first one's engine is still warm.
 
 from __future__ import annotations
 
-import json
 import shlex
 
 import pytest
@@ -22,27 +21,19 @@ pytestmark = pytest.mark.gimp
 
 @pytest.fixture(scope="module")
 def warm_runs(gimp):
-    out = f"{gimp.work}/warm-runs.json"
-    script = f"{gimp.src}/tests/gimp/scripts/warm_runs.py"
+    out = gimp.findings_path("warm runs")
     assert (SCRIPTS / "warm_runs.py").is_file()
     batch = " ".join(shlex.quote(a) for a in [gimp.tree.console, *GIMP_BATCH])
-    command = (f"NST_WARM_PHASE=1 {batch} < {shlex.quote(script)}; "
-               f"NST_WARM_PHASE=2 {batch} < {shlex.quote(script)}")
+    script = shlex.quote(f"{gimp.scripts}/warm_runs.py")
+    command = "; ".join(f"NST_WARM_PHASE={phase} {batch} < {script}" for phase in "12")
     try:
         done = gimp.sh(["sh", "-c", command], "warm runs", env=gimp.env(NST_E2E_OUT=out),
                        timeout=900, check=False)
     finally:
         gimp.set_config(keep_warm=0)  # whatever happened, the other e2e modules run per-run
-    text = done.stdout.decode("utf-8", "replace")
     facts = {}
-    for phase in ("1", "2"):
-        path = gimp.tree.host_path(f"{out}.{phase}")
-        if not path.is_file():
-            pytest.fail(f"GIMP session {phase} wrote no results (rc {done.returncode}):\n"
-                        + text[-4000:])
-        found = json.loads(path.read_text(encoding="utf-8"))
-        assert "exception" not in found, found["exception"]
-        facts.update(found)
+    for phase in "12":
+        facts.update(gimp.read_findings(f"{out}.{phase}", done, f"GIMP session {phase}"))
     facts["log"] = gimp.file_text(f"{gimp.home}/.local/share/nst-style-transfer/logs/engine.log")
     return facts
 
