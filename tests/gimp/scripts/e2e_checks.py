@@ -1,6 +1,7 @@
 # Runs inside GIMP (gimp-console ... --batch-interpreter python-fu-eval -b - < this file).
 # Every check records facts into one JSON file (NST_E2E_OUT); the pytest side asserts on them,
 # so one GIMP start (and few engine starts) covers many tests.
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,9 +42,10 @@ def painting(x, y):  # stripes; its left columns fully transparent
     return (*stripes(x, y)[:3], 0 if x < 4 else 255)
 
 
+@contextlib.contextmanager
 def two_layer_image(base=Gimp.ImageBaseType.RGB, in_group=True):
     """photo (80x64, offsets 5,7, inside a group when in_group) and painting (40x36, offsets
-    30,20) on a 96x80 image. Returns (image, photo, painting)."""
+    30,20) on a 96x80 image: (image, photo, painting), the image deleted at the end."""
     image = Gimp.Image.new(96, 80, base)
     kind = (Gimp.ImageType.GRAYA_IMAGE if base == Gimp.ImageBaseType.GRAY
             else Gimp.ImageType.RGBA_IMAGE)
@@ -53,7 +55,10 @@ def two_layer_image(base=Gimp.ImageBaseType.RGB, in_group=True):
         image.insert_layer(parent, None, 0)
     src = add_layer(image, "photo", 80, 64, photo, offsets=(5, 7), parent=parent, kind=kind)
     style = add_layer(image, "painting", 40, 36, painting, offsets=(30, 20), kind=kind)
-    return image, src, style
+    try:
+        yield image, src, style
+    finally:
+        image.delete()
 
 
 def stack(image):
@@ -148,153 +153,129 @@ def registration():
 
 @check
 def whole_layer():
-    image, src, style = two_layer_image()
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image() as (image, src, style):
+        return stylize_check(image, src, style)
 
 
 @check
 def full_size():
     """max-size -1: the region's own size on any device (the contract's int, below 0)."""
-    image, src, style = two_layer_image()
-    r = stylize_check(image, src, style, **{"max-size": -1})
-    image.delete()
-    return r
+    with two_layer_image() as (image, src, style):
+        return stylize_check(image, src, style, **{"max-size": -1})
 
 
 @check
 def rect_selection():
-    image, src, style = two_layer_image()
-    # Image coordinates; part of it lies outside the photo layer (which starts at 5,7).
-    image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 20, 40, 30)
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image() as (image, src, style):
+        # Image coordinates; part of it lies outside the photo layer (which starts at 5,7).
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 20, 40, 30)
+        return stylize_check(image, src, style)
 
 
 @check
 def feathered_ellipse():
-    image, src, style = two_layer_image()
-    Gimp.context_push()
-    Gimp.context_set_feather(True)
-    Gimp.context_set_feather_radius(8.0, 8.0)
-    image.select_ellipse(Gimp.ChannelOps.REPLACE, 30, 25, 44, 32)
-    Gimp.context_pop()
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image() as (image, src, style):
+        Gimp.context_push()
+        Gimp.context_set_feather(True)
+        Gimp.context_set_feather_radius(8.0, 8.0)
+        image.select_ellipse(Gimp.ChannelOps.REPLACE, 30, 25, 44, 32)
+        Gimp.context_pop()
+        return stylize_check(image, src, style)
 
 
 @check
 def tiny_selection():
-    image, src, style = two_layer_image(in_group=False)
-    image.select_rectangle(Gimp.ChannelOps.REPLACE, 40, 40, 3, 2)
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 40, 40, 3, 2)
+        return stylize_check(image, src, style)
 
 
 @check
 def grayscale():
-    image, src, style = two_layer_image(base=Gimp.ImageBaseType.GRAY)
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image(base=Gimp.ImageBaseType.GRAY) as (image, src, style):
+        return stylize_check(image, src, style)
 
 
 @check
 def two_layers_two_styles():
-    image, src, style = two_layer_image(in_group=False)
-    other = add_layer(image, "photo 2", 50, 40,
-                      lambda x, y: (x * 5 % 256, 90, y * 6 % 256, 255), position=2)  # bottom
-    style2 = add_layer(image, "painting 2", 30, 30,
-                       lambda x, y: (200, (x * y) % 256, 30, 255))
-    before = stack(image)
-    r = run_plugin(image, [src, other], style, **FAST,
-                   **{"style-layer-2": style2, "style-mix": 0.4})
-    a, b = added_layer(image, src), added_layer(image, other)
-    for info in (a, b):
-        if info:
-            info.pop("layer")
-    r.update({"stack_before": before, "stack_after": stack(image), "first": a, "second": b})
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        other = add_layer(image, "photo 2", 50, 40,
+                          lambda x, y: (x * 5 % 256, 90, y * 6 % 256, 255), position=2)  # bottom
+        style2 = add_layer(image, "painting 2", 30, 30,
+                           lambda x, y: (200, (x * y) % 256, 30, 255))
+        before = stack(image)
+        r = run_plugin(image, [src, other], style, **FAST,
+                       **{"style-layer-2": style2, "style-mix": 0.4})
+        a, b = added_layer(image, src), added_layer(image, other)
+        for info in (a, b):
+            if info:
+                info.pop("layer")
+        r.update({"stack_before": before, "stack_after": stack(image), "first": a, "second": b})
+        return r
 
 
 @check
 def style_from_another_image():
-    image, src, _ = two_layer_image(in_group=False)
-    other = Gimp.Image.new(50, 40, Gimp.ImageBaseType.RGB)
-    style = add_layer(other, "other painting", 50, 40,
-                      lambda x, y: (250 if (x // 4) % 2 else 10, (y * 9) % 256, 90, 255))
-    r = stylize_check(image, src, style)
-    image.delete()
-    other.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, _):
+        other = Gimp.Image.new(50, 40, Gimp.ImageBaseType.RGB)
+        style = add_layer(other, "other painting", 50, 40,
+                          lambda x, y: (250 if (x // 4) % 2 else 10, (y * 9) % 256, 90, 255))
+        r = stylize_check(image, src, style)
+        other.delete()
+        return r
 
 
 @check
 def high_bit_depth():
-    image, src, style = two_layer_image(in_group=False)
-    image.convert_precision(Gimp.Precision.U16_LINEAR)
-    r = stylize_check(image, src, style)
-    r["precision_after"] = image.get_precision().value_nick
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        image.convert_precision(Gimp.Precision.U16_LINEAR)
+        r = stylize_check(image, src, style)
+        r["precision_after"] = image.get_precision().value_nick
+        return r
 
 
 @check
 def partly_off_canvas():
     # A layer hanging over the top-left corner: the whole layer is stylised, offsets kept.
-    image, src, style = two_layer_image(in_group=False)
-    src.set_offsets(-20, -10)
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        src.set_offsets(-20, -10)
+        return stylize_check(image, src, style)
 
 
 @check
 def group_layers():
     # A layer group as the source (its composite is repainted, the result lands above the
     # group) and as the style (its composite is the style).
-    image, src, style = two_layer_image(in_group=True)
-    group = src.get_parent()
-    before = stack(image)
-    r = {"as_source": run_plugin(image, [group], style, **FAST)}
-    r["after_source"] = stack(image)
-    r["as_style"] = run_plugin(image, [style], group, **FAST)
-    r.update({"stack_before": before, "stack_after": stack(image)})
-    image.delete()
-    return r
+    with two_layer_image(in_group=True) as (image, src, style):
+        group = src.get_parent()
+        before = stack(image)
+        r = {"as_source": run_plugin(image, [group], style, **FAST)}
+        r["after_source"] = stack(image)
+        r["as_style"] = run_plugin(image, [style], group, **FAST)
+        r.update({"stack_before": before, "stack_after": stack(image)})
+        return r
 
 
 @check
 def transparent_style():
-    image, src, style = two_layer_image(in_group=False)
-    fill(style, lambda x, y: (255, 0, 0, 0))
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        fill(style, lambda x, y: (255, 0, 0, 0))
+        return stylize_check(image, src, style)
 
 
 @check
 def absent_device():
     # The trees have no GPU: asking for CUDA must be a readable refusal, not a traceback.
-    image, src, style = two_layer_image(in_group=False)
-    r = stylize_check(image, src, style, device="cuda")
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        return stylize_check(image, src, style, device="cuda")
 
 
 @check
 def channel_as_drawable():
-    image, src, style = two_layer_image(in_group=False)
-    channel = Gimp.Channel.new(image, "a channel", 96, 80, 50.0, Gegl.Color.new("black"))
-    image.insert_channel(channel, None, 0)
-    r = stylize_check(image, src, style, drawables=[channel])
-    image.delete()
-    return r
+    with two_layer_image(in_group=False) as (image, src, style):
+        channel = Gimp.Channel.new(image, "a channel", 96, 80, 50.0, Gegl.Color.new("black"))
+        image.insert_channel(channel, None, 0)
+        return stylize_check(image, src, style, drawables=[channel])
 
 
 def with_engine_command(argv, fn):
@@ -310,10 +291,8 @@ def with_engine_command(argv, fn):
 
 
 def failing_run():
-    image, src, style = two_layer_image()
-    r = stylize_check(image, src, style)
-    image.delete()
-    return r
+    with two_layer_image() as (image, src, style):
+        return stylize_check(image, src, style)
 
 
 @check
@@ -335,12 +314,11 @@ def last_values_mode():
     # defaults (minutes on a CPU): with the engine made unstartable it still shows that the
     # mode goes through argument handling and pixel reading to the engine, cleanly.
     def go():
-        image, src, style = two_layer_image()
-        before = (pixels(src), pixels(style), stack(image))
-        r = run_plugin(image, [src], style, run_mode=Gimp.RunMode.WITH_LAST_VALS)
-        r.update(describe_result(image, src, style, *before))
-        image.delete()
-        return r
+        with two_layer_image() as (image, src, style):
+            before = (pixels(src), pixels(style), stack(image))
+            r = run_plugin(image, [src], style, run_mode=Gimp.RunMode.WITH_LAST_VALS)
+            r.update(describe_result(image, src, style, *before))
+            return r
     return with_engine_command(["/nonexistent/python3", "-m", "nst_engine", "serve"], go)
 
 
@@ -384,23 +362,22 @@ os.kill(plugin, signal.SIGKILL)
 
 @check
 def killed_mid_run():
-    image, src, style = two_layer_image()
-    before = stack(image)
-    killer = subprocess.Popen(["/usr/bin/python3", "-c", KILLER, ENGINE_LOG,
-                               str(engine_log_size())],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    r = run_plugin(image, [src], style, **{**FAST, "iterations": 5000, "max-size": 96})
-    killer_out = killer.communicate(timeout=60)[0].decode()
-    t0 = time.monotonic()
-    left = engine_pids()
-    while left and time.monotonic() < t0 + 15:
-        time.sleep(0.2)
+    with two_layer_image() as (image, src, style):
+        before = stack(image)
+        killer = subprocess.Popen(["/usr/bin/python3", "-c", KILLER, ENGINE_LOG,
+                                   str(engine_log_size())],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        r = run_plugin(image, [src], style, **{**FAST, "iterations": 5000, "max-size": 96})
+        killer_out = killer.communicate(timeout=60)[0].decode()
+        t0 = time.monotonic()
         left = engine_pids()
-    r["engine_gone_after"] = round(time.monotonic() - t0, 2)
-    r.update({"killer": killer_out, "killer_rc": killer.returncode, "engines_left": left,
-              "stack_before": before, "stack_after": stack(image)})
-    image.delete()
-    return r
+        while left and time.monotonic() < t0 + 15:
+            time.sleep(0.2)
+            left = engine_pids()
+        r["engine_gone_after"] = round(time.monotonic() - t0, 2)
+        r.update({"killer": killer_out, "killer_rc": killer.returncode, "engines_left": left,
+                  "stack_before": before, "stack_after": stack(image)})
+        return r
 
 
 save(results, OUT)
