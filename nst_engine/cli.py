@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--measure-cpu", action="store_true",
                    help="time bfloat16 against float32 on this CPU again (and cache the answer)")
+    d.add_argument("--quick", action="store_true",
+                   help="only what needs no torch import: Python, the packages found (not "
+                        "imported), where the weights are, presets")
 
     f = sub.add_parser("fetch-weights", help="download VGG19 weights (hash-checked) and build "
                                              "the compact cache")

@@ -1,13 +1,19 @@
 """``python -m nst_engine doctor``: what this engine has to work with, and what to fix.
 
-Checks Python, torch/torchvision, the devices torch sees, the CPU's precision (bfloat16 or
-float32, measured on this CPU: ``cpu_precision``), the weights (found, validated,
-checksum-verified, kind) and the preset folders. Exit code 0 when a stylize run can work,
-1 otherwise. Every check is guarded, so one broken part never hides the report on the others.
+Checks Python, the packages the engine imports (found and their versions, without importing
+them), torch/torchvision, the devices torch sees, the CPU's precision (bfloat16 or float32,
+measured on this CPU: ``cpu_precision``), the weights (found, validated, checksum-verified,
+kind) and the preset folders. Exit code 0 when a stylize run can work, 1 otherwise. Every check
+is guarded, so one broken part never hides the report on the others; without torch it still
+reports, which is how ``install.py`` learns what a Python lacks.
+
+``--quick`` leaves out everything that imports torch (devices, CPU precision, loading the
+weights): the installer asks it before the engine is complete, and torch takes seconds to load.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import sys
@@ -18,8 +24,38 @@ from . import __version__
 from .bridge import config
 
 
+#: What the engine imports beyond the standard library: (module, the pip name that provides it).
+REQUIREMENTS = (("torch", "torch"), ("torchvision", "torchvision"), ("PIL", "pillow"),
+                ("numpy", "numpy"), ("yaml", "pyyaml"))
+
+
 def _problem(report: dict, what: str, fix: str, *, fatal: bool = True) -> None:
     report["problems"].append({"problem": what, "fix": fix, "fatal": fatal})
+
+
+def _check_packages(report: dict) -> list[str]:
+    """Which of REQUIREMENTS this Python has, and their versions, found without importing them.
+    Returns the missing modules."""
+    from importlib.metadata import version
+
+    packages: dict[str, dict[str, Any]] = {}
+    for module, pip_name in REQUIREMENTS:
+        found = importlib.util.find_spec(module) is not None
+        installed = None
+        if found:
+            try:
+                installed = version(pip_name)
+            except Exception:  # noqa: BLE001 -- no or broken metadata: the module still imports
+                pass
+        packages[module] = {"pip": pip_name, "found": found, "version": installed}
+    report["packages"] = packages
+    missing = [m for m, p in packages.items() if not p["found"]]
+    if missing:
+        pip_names = " ".join(packages[m]["pip"] for m in missing)
+        _problem(report, f"This Python lacks what the engine needs: {', '.join(missing)}.",
+                 f"Install them in this Python (`{sys.executable} -m pip install {pip_names}`); "
+                 "`python install.py` does it.")
+    return missing
 
 
 def _check_torch(report: dict) -> bool:
@@ -84,14 +120,23 @@ def _weights_path(args: Any) -> tuple[Path | None, str]:
     return None, "default cache"
 
 
-def _check_weights(report: dict, args: Any) -> bool:
-    from .errors import EngineError
-    from .model.weights import default_weights_path, load_weights
+def _find_weights(report: dict, args: Any) -> Path | None:
+    """Which weights file a run would read, and where ``fetch-weights`` puts the cache."""
+    from .model.weights import default_weights_path
 
     path, origin = _weights_path(args)
-    info: dict[str, Any] = {"path": str(path or default_weights_path()), "from": origin,
-                            "found": (path or default_weights_path()).exists()}
-    report["weights"] = info
+    report["weights"] = {"path": str(path or default_weights_path()), "from": origin,
+                         "found": (path or default_weights_path()).exists(),
+                         "default_path": str(default_weights_path())}
+    return path
+
+
+def _check_weights(report: dict, args: Any) -> bool:
+    from .errors import EngineError
+    from .model.weights import load_weights
+
+    path = _find_weights(report, args)
+    info = report["weights"]
     try:
         w = load_weights(path)
     except EngineError as e:
@@ -142,8 +187,12 @@ def collect(args: Any) -> dict:
     report: dict[str, Any] = {
         "nst_engine": __version__,
         "python": sys.version.split()[0], "python_executable": sys.executable,
-        "platform": platform.platform(), "problems": []}
-    if _check_torch(report):
+        "platform": platform.platform(), "quick": bool(getattr(args, "quick", False)),
+        "problems": []}
+    missing = _check_packages(report)
+    if report["quick"]:
+        _find_weights(report, args)
+    elif "torch" not in missing and "torchvision" not in missing and _check_torch(report):
         _check_cpu_precision(report, args)
         _check_weights(report, args)
     _check_presets(report)
@@ -174,6 +223,11 @@ def _print_cpu_precision(c: dict | None) -> None:
 def _print_text(r: dict) -> None:
     print(f"nst_engine {r['nst_engine']} on Python {r['python']} ({r['python_executable']})")
     print(f"platform:    {r['platform']}")
+    found = [f"{m} {p['version'] or '(version unknown)'}" for m, p in r["packages"].items()
+             if p["found"]]
+    missing = [m for m, p in r["packages"].items() if not p["found"]]
+    print(f"packages:    {', '.join(found) or 'none'}"
+          + (f"; missing: {', '.join(missing)}" if missing else ""))
     if "torch" in r:
         print(f"torch:       {r['torch']}, torchvision {r['torchvision']}")
         names = ", ".join(f"{d['type']}" + (f":{d['index']}" if "index" in d else "")
@@ -189,6 +243,9 @@ def _print_text(r: dict) -> None:
             print(f"weights:     {w['path']} [{w['from']}]: {w['kind']}, {state}")
             if w.get("notice"):
                 print(f"             notice: {w['notice']}")
+        elif "ok" not in w:  # --quick: looked for, not loaded
+            print(f"weights:     {w['path']} [{w['from']}]: "
+                  + ("found, not loaded (--quick)" if w["found"] else "not found"))
         else:
             print(f"weights:     {w['path']} [{w['from']}]: not usable")
     p = r["presets"]
@@ -202,7 +259,12 @@ def _print_text(r: dict) -> None:
             print(f"  {tag}: {prob['problem']}")
             if prob["fix"]:
                 print(f"    fix: {prob['fix']}")
-    print("\nOK: ready to stylize." if r["ok"] else "\nNOT READY: fix the errors above.")
+    if not r["ok"]:
+        print("\nNOT READY: fix the errors above.")
+    elif r["quick"]:
+        print("\nOK so far (--quick: torch, the devices and the weights were not loaded).")
+    else:
+        print("\nOK: ready to stylize.")
 
 
 def run(args: Any) -> int:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from argparse import Namespace
+from pathlib import Path
 
 from nst_engine import doctor
 from nst_engine.model import weights as W
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(capsys, **kw):
@@ -84,3 +90,80 @@ def test_doctor_shows_the_cpu_precision_its_timings_and_why(tmp_path, monkeypatc
     monkeypatch.setenv(CP.ENV, "0")
     c = _run(capsys)[1]["cpu_precision"]
     assert (c["precision"], c["source"]) == ("float32", "override")
+
+
+# ------------------------------------------------------------------------------------------
+# What install.py reads from `doctor --json`: packages, where the weights go, the verdict
+
+def _doctor_process(*args: str, python: tuple[str, ...] = (sys.executable,), env=None):
+    """`python -m nst_engine doctor --json ARGS` as install.py runs it: its own process, the
+    engine on PYTHONPATH."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*python, "-m", "nst_engine", "doctor", "--json", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_doctor_reports_each_package_and_its_version(tmp_path, monkeypatch, capsys):
+    from importlib.metadata import version
+
+    import numpy
+    import torch
+
+    monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path / "config"))
+    packages = _run(capsys, quick=True)[1]["packages"]
+    assert list(packages) == ["torch", "torchvision", "PIL", "numpy", "yaml"]
+    assert [p["pip"] for p in packages.values()] == [
+        "torch", "torchvision", "pillow", "numpy", "pyyaml"]
+    assert all(p["found"] for p in packages.values())
+    assert torch.__version__.startswith(packages["torch"]["version"])
+    assert packages["numpy"]["version"] == numpy.__version__
+    assert packages["yaml"]["version"] == version("PyYAML")
+    doctor.run(Namespace(weights=None, json=False, quick=True))
+    assert f"packages:    torch {packages['torch']['version']}, " in capsys.readouterr().out
+
+
+def test_doctor_without_torch_names_every_missing_package():
+    # -S: this Python without its site-packages, so none of the engine's packages.
+    rc, report = _doctor_process(python=(sys.executable, "-S"))
+    assert rc == 1 and report["ok"] is False
+    assert [m for m, p in report["packages"].items() if not p["found"]] == [
+        "torch", "torchvision", "PIL", "numpy", "yaml"]
+    assert "torch" not in report and "devices" not in report
+    (fatal,) = [p for p in report["problems"] if p["fatal"]]
+    assert "lacks what the engine needs: torch, torchvision, PIL, numpy, yaml" in fatal["problem"]
+    assert "-m pip install torch torchvision pillow numpy pyyaml" in fatal["fix"]
+
+
+def test_doctor_quick_imports_no_torch_and_says_where_the_weights_go(tmp_path):
+    env = {"NST_DATA_DIR": str(tmp_path / "data"), "NST_CONFIG_DIR": str(tmp_path / "config")}
+    code = ("import sys; from nst_engine.cli import main; rc = main(sys.argv[1:]); "
+            "sys.stderr.write('torch imported' if 'torch' in sys.modules else ''); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "doctor", "--json", "--quick"],
+                          env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "torch imported" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    assert report["quick"] is True and report["ok"] is True
+    assert "torch" not in report and "cpu_precision" not in report
+    cache = tmp_path / "data" / "weights" / W.CACHE_FILE
+    assert report["weights"] == {"path": str(cache), "from": "default cache", "found": False,
+                                 "default_path": str(cache)}
+
+
+def test_doctor_gives_the_weights_verdict_and_the_default_path_apart(random_weights_file,
+                                                                     tmp_path):
+    env = {"NST_DATA_DIR": str(tmp_path / "data"), "NST_CONFIG_DIR": str(tmp_path / "config"),
+           "NST_ENGINE_CPU_BF16": "0"}
+    rc, report = _doctor_process("--weights", str(random_weights_file), env=env)
+    w = report["weights"]
+    assert rc == 0 and report["quick"] is False
+    assert (w["path"], w["ok"], w["kind"], w["verified"]) == (
+        str(random_weights_file), True, "torchvision", False)
+    assert "unknown checksum" in w["notice"]
+    assert w["default_path"] == str(tmp_path / "data" / "weights" / W.CACHE_FILE)
+    missing = tmp_path / "nothing.pth"
+    rc, report = _doctor_process("--weights", str(missing), env=env)
+    w = report["weights"]
+    assert rc == 1 and w["ok"] is False and w["found"] is False and str(missing) in w["error"]
