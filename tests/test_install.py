@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -37,6 +38,16 @@ def _load_install_module():
 
 install = _load_install_module()
 
+# install.py has put this checkout first on sys.path: its installer/ package, not any other.
+from installer import engine as install_engine  # noqa: E402
+from installer.configuration import build_config, earlier_keep_warm  # noqa: E402
+from installer.files import MANIFEST_NAME, Manifest  # noqa: E402
+from installer.layout import BRIDGE_SRC, PLUGIN_MODULES, PLUGIN_SRC  # noqa: E402
+from installer.plugin import install_plugin  # noqa: E402
+from installer.profiles import Profile, find_profiles  # noqa: E402
+from installer.uninstall import uninstall  # noqa: E402
+from nst_engine.bridge import config as nst_config  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -45,7 +56,7 @@ def _stable_checkout(dst: Path) -> Path:
     """A copy of the parts install.py uses: other people edit the real tree while tests run,
     and the installer compares sources, so a moving target would make 'no-op' tests flaky."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("nst_engine", "gimp_plugin"):
+    for name in ("nst_engine", "gimp_plugin", "installer"):
         shutil.copytree(ROOT / name, dst / name, ignore=ignore)
     for name in ("install.py", "pyproject.toml"):
         shutil.copy2(ROOT / name, dst / name)
@@ -146,6 +157,9 @@ def _plugin_ok(profile: Path, checkout: Path) -> None:
     assert sorted(p.name for p in bridge.glob("*.py")) == src
     for name in src:
         assert (bridge / name).read_bytes() == (checkout / "nst_engine" / "bridge" / name).read_bytes()
+    # The plug-in's folder holds what the plug-in imports, and nothing of the installer.
+    assert sorted(p.name for p in script.parent.iterdir()) == sorted(
+        [script.name, "nst_bridge", *(m.name for m in PLUGIN_MODULES)])
 
 
 def test_install_finds_every_gimp3_profile_and_places_the_plugin(inst):
@@ -173,6 +187,7 @@ def test_python_route_uses_the_interpreter_as_is_and_creates_no_venv(inst):
     assert (copied / "server" / "session.py").read_bytes() == \
         (inst.checkout / "nst_engine" / "server" / "session.py").read_bytes()
     assert (copied / "presets" / "quick.yaml").is_file()
+    assert [p.name for p in (inst.data / "engine").iterdir()] == ["nst_engine"]  # no installer/
     assert cfg["device"] == "auto" and cfg["hello_timeout"] >= 60
     assert cfg["log_dir"] == str(inst.data / "logs")
     assert (inst.data / "logs" / "install.log").is_file()
@@ -352,7 +367,27 @@ def test_python_without_torch_names_the_missing_packages(tmp_path):
     assert res.returncode == 1, out
     assert "[1/5] Engine environment FAILED" in out
     assert "torch" in out and "python3-torch" in out and "python3-yaml" in out
-    assert "pip install" in out and "Traceback" not in out
+    assert "python3-pil" in out and "pip install torch torchvision pillow numpy pyyaml" in out
+    assert "Traceback" not in out
+
+
+def test_python_that_is_too_old_or_no_python_at_all(tmp_path):
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    env = _env(tmp_path / "home", tmp_path / "data", tmp_path / "config")
+    # Says it is 3.8 when asked, as an old interpreter would; the engine is never asked.
+    old = tmp_path / "python3.8"
+    old.write_text("#!/bin/sh\necho 'Python 3.8.10'\n")
+    old.chmod(0o755)
+    res = run_installer(ROOT, env, "--python", str(old), "--gimp-dir", str(profile))
+    out = _out(res)
+    assert res.returncode == 1, out
+    assert f"--python {old} is Python 3.8.10; the engine needs 3.10 or newer" in out
+    res = run_installer(ROOT, env, "--python", str(tmp_path / "nope"), "--gimp-dir", str(profile))
+    out = _out(res)
+    assert res.returncode == 1, out
+    assert "it does not run as a Python interpreter" in out and "Traceback" not in out
+    assert not (profile / "plug-ins").exists()
 
 
 def test_venv_route_creates_a_venv_and_reports_pip_failure_with_the_log(tmp_path,
@@ -366,7 +401,7 @@ def test_venv_route_creates_a_venv_and_reports_pip_failure_with_the_log(tmp_path
                         "https://download.pytorch.org/whl/cpu")
     out = _out(res)
     assert res.returncode == 1, out
-    venv_python = install.venv_python(tmp_path / "data" / "venv")
+    venv_python = install_engine.venv_python(tmp_path / "data" / "venv")
     assert venv_python.is_file()
     log = tmp_path / "data" / "logs" / "install.log"
     assert "[1/5] Engine environment FAILED: pip could not install" in out
@@ -417,19 +452,19 @@ def test_weights_that_are_not_a_file_are_named_for_what_they_are(tmp_path):
 # pieces, in-process
 
 def test_link_makes_symlinks_and_a_later_copy_never_writes_through_them(tmp_path):
-    profile = install.Profile(tmp_path / "3.0", "3.0")
+    profile = Profile(tmp_path / "3.0", "3.0")
     profile.path.mkdir()
-    m = install.Manifest(tmp_path / "manifest.json")
-    src_before = install.PLUGIN_SRC.read_bytes()
-    assert install.install_plugin(profile, m, link=True) == "installed (linked)"
+    m = Manifest(tmp_path / "manifest.json")
+    src_before = PLUGIN_SRC.read_bytes()
+    assert install_plugin(profile, m, link=True) == "installed (linked)"
     script = profile.plugin_dir / f"{PLUGIN}.py"
-    assert script.is_symlink() and script.resolve() == install.PLUGIN_SRC
-    assert (profile.plugin_dir / "nst_bridge").resolve() == install.BRIDGE_SRC
-    assert install.install_plugin(profile, m, link=True) == "up to date (linked)"
-    assert install.install_plugin(profile, m, link=False) == "updated"
+    assert script.is_symlink() and script.resolve() == PLUGIN_SRC
+    assert (profile.plugin_dir / "nst_bridge").resolve() == BRIDGE_SRC
+    assert install_plugin(profile, m, link=True) == "up to date (linked)"
+    assert install_plugin(profile, m, link=False) == "updated"
     assert not script.is_symlink() and script.read_bytes() == src_before
     assert not (profile.plugin_dir / "nst_bridge").is_symlink()
-    assert install.PLUGIN_SRC.read_bytes() == src_before and install.BRIDGE_SRC.is_dir()
+    assert PLUGIN_SRC.read_bytes() == src_before and BRIDGE_SRC.is_dir()
     assert m.created() == [{"path": str(profile.path / "plug-ins"), "kind": "dir"},
                            {"path": str(profile.plugin_dir), "kind": "tree"}]
 
@@ -446,14 +481,30 @@ def test_python_too_old_gets_a_sentence(tmp_path):
     ast.parse((ROOT / "install.py").read_text(), feature_version=(3, 6))
 
 
+def test_install_py_checks_the_same_python_floor_as_the_engine_step():
+    assert install.MIN_PYTHON == install_engine.MIN_PYTHON
+
+
+def test_the_installer_asks_the_engine_and_carries_no_engine_code():
+    """What the installer knows about the engine comes from the engine's own commands
+    (`doctor --json`): no `python -c`, no engine code kept in a string to run elsewhere."""
+    sources = [ROOT / "install.py", *sorted((ROOT / "installer").glob("*.py"))]
+    for path in sources:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        strings = [n.value for n in ast.walk(tree)
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        assert "-c" not in strings, path
+        assert not [t for t in strings if re.search(r"\b(import|from) nst_engine\b", t)], path
+
+
 def test_pip_commands():
-    cmds = install.pip_commands("/v/bin/python", Path("/src"), "https://x/whl/cpu")
+    cmds = install_engine.pip_commands("/v/bin/python", Path("/src"), "https://x/whl/cpu")
     assert cmds[0][-4:] == ["--index-url", "https://x/whl/cpu", "torch", "torchvision"]
     assert cmds[1][:4] == ["/v/bin/python", "-m", "pip", "install"] and cmds[1][-1] == "/src"
     assert "--force-reinstall" in cmds[2] and "--no-deps" in cmds[2]
-    plain = install.pip_commands("/v/bin/python", Path("/src"))
+    plain = install_engine.pip_commands("/v/bin/python", Path("/src"))
     assert len(plain) == 2 and not any("--index-url" in c for c in plain)
-    editable = install.pip_commands("/v/bin/python", Path("/src"), editable=True)
+    editable = install_engine.pip_commands("/v/bin/python", Path("/src"), editable=True)
     assert editable == [editable[0][:-2] + ["--editable", "/src"]]
 
 
@@ -472,7 +523,7 @@ def test_profiles_found_on_each_platform(tmp_path, platform):
     for name in ("2.10", "3.0", "3.10", "3.2", "3.0-old"):
         (root / name).mkdir(parents=True)
     (root / "3.4").write_text("a file, not a profile")
-    found, looked = install.find_profiles(platform, environ, home)
+    found, looked = find_profiles(platform, environ, home)
     assert [(p.path, p.version, p.flatpak) for p in found] == [
         (root / "3.0", "3.0", False), (root / "3.2", "3.2", False), (root / "3.10", "3.10", False)]
     assert root in looked
@@ -484,7 +535,7 @@ def test_linux_finds_flatpak_and_gimp3_directory(tmp_path):
     fp.mkdir(parents=True)
     custom = tmp_path / "elsewhere"
     custom.mkdir()
-    found, looked = install.find_profiles("linux", {"GIMP3_DIRECTORY": str(custom)}, home)
+    found, looked = find_profiles("linux", {"GIMP3_DIRECTORY": str(custom)}, home)
     assert [(p.path, p.version, p.flatpak) for p in found] == [
         (custom, "custom", False), (fp, "3.2", True)]
     assert home / ".config" / "GIMP" in looked
@@ -492,7 +543,7 @@ def test_linux_finds_flatpak_and_gimp3_directory(tmp_path):
 
 def test_uninstall_keeps_what_the_user_added_to_our_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
-    m = install.Manifest(tmp_path / "data" / install.MANIFEST_NAME)
+    m = Manifest(tmp_path / "data" / MANIFEST_NAME)
     m.make_tree(tmp_path / "data" / "logs")
     m.make_dirs(tmp_path / "cfg")
     (tmp_path / "cfg" / "config.json").write_text("{}")
@@ -501,7 +552,7 @@ def test_uninstall_keeps_what_the_user_added_to_our_folders(tmp_path, monkeypatc
     m.record(tmp_path / "data" / "logs" / "inside-a-tree.log", "file")  # covered by the tree
     m.save()
     assert [e["kind"] for e in m.created()] == ["dir", "tree", "dir", "file"]
-    assert install.uninstall(None) == 0
+    assert uninstall() == 0
     assert (tmp_path / "cfg" / "user.txt").read_text() == "mine"
     assert not (tmp_path / "cfg" / "config.json").exists() and not (tmp_path / "data").exists()
 
@@ -522,15 +573,15 @@ time.sleep(600)
 
 def test_keep_warm_is_written_and_a_users_value_survives_a_reinstall(tmp_path, monkeypatch):
     monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path))
-    assert install.earlier_keep_warm() == install.nst_config.DEFAULT_KEEP_WARM  # no config yet
-    cfg = install.build_config(install.Engine(sys.executable), tmp_path / "w.pth", "auto")
-    assert cfg["keep_warm"] == install.nst_config.DEFAULT_KEEP_WARM
-    assert install.build_config(install.Engine(sys.executable), tmp_path / "w.pth", "auto",
+    assert earlier_keep_warm() == nst_config.DEFAULT_KEEP_WARM  # no config yet
+    cfg = build_config(install_engine.Engine(sys.executable), tmp_path / "w.pth", "auto")
+    assert cfg["keep_warm"] == nst_config.DEFAULT_KEEP_WARM
+    assert build_config(install_engine.Engine(sys.executable), tmp_path / "w.pth", "auto",
                                 keep_warm=0)["keep_warm"] == 0
-    install.nst_config.save_config({"engine_command": ["python"], "keep_warm": 0})
-    assert install.earlier_keep_warm() == 0
-    install.nst_config.save_config({"engine_command": ["python"], "keep_warm": 30})
-    assert install.earlier_keep_warm() == 30
+    nst_config.save_config({"engine_command": ["python"], "keep_warm": 0})
+    assert earlier_keep_warm() == 0
+    nst_config.save_config({"engine_command": ["python"], "keep_warm": 30})
+    assert earlier_keep_warm() == 30
 
 
 @pytest.mark.skipif(os.name != "posix", reason="no warm engine on Windows")
@@ -546,10 +597,10 @@ def test_install_and_uninstall_stop_the_warm_engine(tmp_path, monkeypatch):
     try:
         assert fake.stdout.readline().strip() == "locked"
         # --uninstall with an install record: the engine is stopped, its folder removed.
-        m = install.Manifest(tmp_path / "data" / install.MANIFEST_NAME)
+        m = Manifest(tmp_path / "data" / MANIFEST_NAME)
         m.make_tree(tmp_path / "data" / "logs")
         m.save()
-        assert install.uninstall(None) == 0
+        assert uninstall() == 0
         assert fake.wait(30) != 0  # SIGTERM
         assert not folder.exists()
     finally:
