@@ -21,7 +21,8 @@ TORCH_FREE = ("nst_engine", "nst_engine.params", "nst_engine.presets", "nst_engi
               "nst_engine.doctor", "nst_engine.model", "nst_engine.model.layers",
               "nst_engine.model.weights", "nst_engine.server", "nst_engine.server.attach",
               "nst_engine.bridge.client", "nst_engine.bridge.warm", "nst_engine.bridge.config",
-              "nst_engine.bridge.wire")
+              "nst_engine.bridge.wire", "nst_engine.bridge.errors", "nst_engine.bridge.logs",
+              "nst_engine.bridge.process")
 STDLIB = set(sys.stdlib_module_names)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from nst_engine.bridge import client as client_module
 from nst_engine.bridge import wire
-from nst_engine.bridge.client import EngineClient, EngineFailed, list_presets
+from nst_engine.bridge.client import EngineClient, EngineFailed, PipeClient, list_presets
 from nst_engine.bridge.wire import MAGIC, PREFIX, Code, Msg, RGBAImage, encode_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +33,9 @@ def serve_argv(weights) -> list[str]:
     return [PY, "-m", "nst_engine", "serve", "--weights", str(weights), "--device", "cpu"]
 
 
-def make_client(argv, tmp_path, **kw) -> EngineClient:
-    return EngineClient(argv, pythonpath=[str(ROOT)], log_path=tmp_path / "engine.log",
-                        hello_timeout=kw.pop("hello_timeout", WAIT), **kw)
+def make_client(argv, tmp_path, **kw) -> PipeClient:
+    return PipeClient(argv, pythonpath=[str(ROOT)], log_path=tmp_path / "engine.log",
+                      hello_timeout=kw.pop("hello_timeout", WAIT), **kw)
 
 
 def content_image(w=24, h=20) -> RGBAImage:
@@ -70,18 +70,18 @@ def in_thread(fn, timeout=WAIT):
     return box["value"]
 
 
-def send_raw(client: EngineClient, data: bytes) -> None:
+def send_raw(client: PipeClient, data: bytes) -> None:
     with client._write_lock:
         client._proc.stdin.write(data)
 
 
-def next_reply(client: EngineClient):
+def next_reply(client: PipeClient):
     item = client._next(timeout=WAIT)
     assert item is not None, "no reply: the engine hung"
     return item
 
 
-def wait_exit(client: EngineClient) -> int:
+def wait_exit(client: PipeClient) -> int:
     try:
         return client._proc.wait(timeout=WAIT)
     except subprocess.TimeoutExpired:
@@ -236,10 +236,10 @@ def test_cancel_mid_job_then_serve_again_then_close_mid_job(random_weights_file,
 PLUGIN = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from nst_engine.bridge.client import EngineClient
+    from nst_engine.bridge.client import PipeClient
     from nst_engine.bridge.wire import RGBAImage
-    c = EngineClient(sys.argv[3:], pythonpath=[sys.argv[1]], log_path=sys.argv[2],
-                     hello_timeout=120)
+    c = PipeClient(sys.argv[3:], pythonpath=[sys.argv[1]], log_path=sys.argv[2],
+                   hello_timeout=120)
     c.start()
     def told(p):
         if p["stage"] == "optimizing":

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from nst_engine.bridge import config, warm
-from nst_engine.bridge.client import EngineClient, EngineFailed, warm_argv
+from nst_engine.bridge.client import DirectClient, EngineClient, EngineFailed, PipeClient
+from nst_engine.bridge.warm import warm_argv
 from nst_engine.bridge.wire import Code
 from tests.test_serve import (ENDLESS, PY, ROOT, TINY, WAIT, _alive, content_image, in_thread,
                               style_image)
@@ -60,10 +61,11 @@ def cfg_for(weights, tmp_path, keep_warm=60) -> dict:
 
 def run_job(cfg, overrides=TINY, direct=True, **kw):
     """One plug-in run: a new client, start, one job, close. (engine pid, result).
-    ``direct=False``: through attach even when a warm engine runs."""
-    client = EngineClient.from_config(cfg, **kw)
+    ``direct=False``: the engine command behind a wrapper (``env``, as ``ssh`` would be), so
+    through attach even when a warm engine runs."""
     if not direct:
-        client.direct = None
+        cfg = {**cfg, "engine_command": ["env", *cfg["engine_command"]]}
+    client = EngineClient.from_config(cfg, **kw)
     with client:
         client.start()
         out = in_thread(lambda: client.stylize(content_image(), [(style_image(), 1.0)],
@@ -89,6 +91,18 @@ def test_warm_argv_turns_serve_into_attach_also_behind_ssh_and_flatpak():
     assert warm_argv(flatpak, 600, 120)[6] == "attach"
     assert warm_argv(local, 0, 120) is None  # keep_warm 0: today's per-run engine
     assert warm_argv([PY, "my_engine.py", "serve"], 600, 120) is None  # not ours to rewrite
+
+
+def test_from_config_runs_attach_when_no_warm_engine_runs(runtime, tmp_path):
+    cfg = cfg_for("w.pth", tmp_path)
+    client = EngineClient.from_config(cfg)
+    assert isinstance(client, PipeClient) and client.warm
+    assert client.argv == warm_argv(cfg["engine_command"], 60, WAIT)
+    fresh = EngineClient.from_config(cfg, fresh=True)
+    assert isinstance(fresh, PipeClient) and fresh.argv[-1] == "--fresh"
+    cold = EngineClient.from_config(cfg, keep_warm=0)
+    assert isinstance(cold, PipeClient) and not cold.warm
+    assert cold.argv == cfg["engine_command"]
 
 
 def test_keep_warm_from_config():
@@ -150,6 +164,12 @@ def test_runs_reuse_one_engine_and_give_the_cold_engines_pixels(random_weights_f
     log = log_text(tmp_path)
     assert log.count(f"connected to the warm engine, pid {pid1}") == 3
     assert log.count(f"client[{os.getpid()}]: connected to the warm engine") == 1  # direct
+    # While it runs, a local command reaches it directly; a fresh start or a wrapper does not.
+    with EngineClient.from_config(cfg) as direct:
+        assert isinstance(direct, DirectClient) and direct.warm
+    assert isinstance(EngineClient.from_config(cfg, fresh=True), PipeClient)
+    wrapped = {**cfg, "engine_command": ["env", *cfg["engine_command"]]}
+    assert isinstance(EngineClient.from_config(wrapped), PipeClient)
 
     # SIGKILLed between runs: the next run starts a new engine and succeeds.
     os.kill(pid1, signal.SIGKILL)
@@ -167,8 +187,7 @@ def test_second_client_waits_its_turn_and_can_cancel_while_waiting(random_weight
                                                                    tmp_path, runtime):
     cfg = cfg_for(random_weights_file, tmp_path)
     busy = EngineClient.from_config(cfg)
-    waiter = EngineClient.from_config(cfg)
-    third = EngineClient.from_config(cfg)
+    clients = [busy]
     try:
         busy.start()
         optimizing = threading.Event()
@@ -188,6 +207,9 @@ def test_second_client_waits_its_turn_and_can_cancel_while_waiting(random_weight
 
         # A job sent now waits, is told so, and a cancel while it waits is answered at once
         # (the long job is still running).
+        waiter = EngineClient.from_config(cfg)
+        clients.append(waiter)
+        assert isinstance(waiter, DirectClient)  # the engine runs: no relay needed
         waiter.start()
         assert waiter.engine_pid == busy.engine_pid
         stages: list = []
@@ -204,6 +226,8 @@ def test_second_client_waits_its_turn_and_can_cancel_while_waiting(random_weight
         assert t.is_alive()
 
         # Another waits, then gets its own result once the running job ends.
+        third = EngineClient.from_config(cfg)
+        clients.append(third)
         third.start()
         seen: list = []
         box: dict = {}
@@ -225,7 +249,7 @@ def test_second_client_waits_its_turn_and_can_cancel_while_waiting(random_weight
         assert (box["out"].width, box["out"].height) == (30, 10)
         assert seen[0] == "waiting" and seen[-1] == "done"
     finally:
-        for c in (busy, waiter, third):
+        for c in clients:
             c.close()
 
 

@@ -1,6 +1,7 @@
-"""The warm engine's private channel: its folder, socket and lock, the client's direct
-connection, and stopping it. Standard library only (POSIX; Windows keeps one engine per plug-in
-run). The relay that starts engines, ``attach``, is engine-side: ``nst_engine/server/attach.py``.
+"""The warm engine's private channel: its folder, socket and lock, the engine commands that
+reach it (``warm_argv``, ``direct_options``), the client's direct connection, and stopping it.
+Standard library only (POSIX; Windows keeps one engine per plug-in run). The relay that starts
+engines, ``attach``, is engine-side: ``nst_engine/server/attach.py``.
 
 One warm engine per user listens on ``<runtime_dir>/engine.sock``, a Unix-domain socket in a
 folder only that user can enter (0700, owned by them: checked, never trusted), and checks each
@@ -223,6 +224,20 @@ def direct_options(argv: Sequence[str]) -> dict[str, Any] | None:
             return None
         opts[flag[2:]] = value
     return opts
+
+
+def warm_argv(argv: Sequence[str], keep_warm: float, hello_timeout: float,
+              fresh: bool = False) -> list[str] | None:
+    """``engine_command`` with ``attach`` in place of its ``nst_engine serve`` (also behind ssh
+    or flatpak-spawn), or None when it has none (a custom command) or this platform has no warm
+    engine (Windows) or ``keep_warm`` is 0."""
+    if keep_warm <= 0 or not supported():
+        return None
+    for i in range(1, len(argv)):
+        if argv[i] == "serve" and argv[i - 1].endswith("nst_engine"):
+            return [*argv[:i], "attach", *argv[i + 1:], "--keep-warm", f"{keep_warm:g}",
+                    "--hello-timeout", f"{hello_timeout:g}", *(["--fresh"] if fresh else [])]
+    return None
 
 
 def connect_direct(options: dict[str, Any], keep_warm: float
