@@ -22,8 +22,9 @@ TORCH_FREE = ("nst_engine", "nst_engine.params", "nst_engine.presets", "nst_engi
               "nst_engine.model.weights", "nst_engine.server", "nst_engine.server.attach",
               "nst_engine.bridge.client", "nst_engine.bridge.warm", "nst_engine.bridge.config",
               "nst_engine.bridge.wire", "nst_engine.bridge.errors", "nst_engine.bridge.logs",
-              "nst_engine.bridge.process")
+              "nst_engine.bridge.process", "nst_engine.bridge.retry")
 STDLIB = set(sys.stdlib_module_names)
+PLUGIN = ROOT / "gimp_plugin" / "nst-style-transfer"
 
 
 def module_name(path: Path) -> str:
@@ -177,3 +178,27 @@ def test_torch_free_modules_never_reach_torch(name):
                        if not m.startswith("nst_engine")}
         assert not third_party & {"torch", "torchvision", "numpy", "PIL"}, \
             f"{name} reaches {module}, which imports {sorted(third_party)}"
+
+
+def test_the_plugin_leaves_the_fresh_engine_retry_to_the_bridge():
+    """Which failures mean a dead engine, and the one retry on a fresh engine, are decided in
+    ``bridge/retry.py`` only: the full run and the dialog's preview both hand their engine
+    client to ``FreshRetry`` and name no dead-engine code themselves."""
+    from nst_engine.bridge.retry import DEAD_ENGINE_CODES
+    from nst_engine.bridge.wire import Code
+
+    code_names = {name for name, value in vars(Code).items() if value in DEAD_ENGINE_CODES}
+    assert code_names, "the dead-engine codes are wire.Code's"
+    made = 0
+    for path in (PLUGIN / "nst-style-transfer.py", PLUGIN / "nst_preview.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant):
+                assert node.value not in DEAD_ENGINE_CODES, f"{path.name} names {node.value!r}"
+            elif isinstance(node, (ast.Attribute, ast.Name)):
+                name = node.attr if isinstance(node, ast.Attribute) else node.id
+                assert name not in code_names, f"{path.name} names Code.{name}"
+                if isinstance(node, ast.Name) and name == "FreshRetry" and \
+                        isinstance(node.ctx, ast.Load):
+                    made += 1
+    assert made == 2, "the full run and the preview each make their FreshRetry in the plug-in"

@@ -1,6 +1,7 @@
-"""The dialog preview's worker (gimp_plugin/nst-style-transfer/nst_preview.py) without GIMP: a
-fake engine client stands in for EngineClient, with the real EngineFailed. The GTK part and the
-real engine are covered by tests/gimp/test_preview_e2e.py."""
+"""The dialog preview's worker (gimp_plugin/nst-style-transfer/nst_preview.py) and the fresh-engine
+retry it shares with the full run (nst_engine/bridge/retry.py) without GIMP: a fake engine client
+stands in for EngineClient, with the real EngineFailed. The GTK part and the real engine are
+covered by tests/gimp/test_preview_e2e.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from nst_engine.bridge.client import EngineFailed
-from nst_engine.bridge.wire import RGBAImage
+from nst_engine.bridge.retry import DEAD_ENGINE_CODES, FreshRetry
+from nst_engine.bridge.wire import Code, RGBAImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gimp_plugin" / "nst-style-transfer"))
 import nst_preview  # noqa: E402
@@ -25,11 +27,11 @@ class FakeClient:
     """Blocks in stylize until released or cancelled, like the engine in a long job."""
 
     def __init__(self, log, *, fail_start=None, fail_stylize=None, block=True, warm=False,
-                 fresh=False):
+                 fresh=False, fresh_fails_too=False):
         self.log, self.fail_start, self.fail_stylize, self.block = log, fail_start, \
             fail_stylize, block
         self.warm, self.fresh = warm, fresh
-        if fresh:  # a replaced warm engine works
+        if fresh and not fresh_fails_too:  # a replaced warm engine works
             self.fail_start = self.fail_stylize = None
         self.cancelled = threading.Event()
         self.release = threading.Event()
@@ -85,7 +87,8 @@ class Harness:
             return c
 
         self.worker = nst_preview.PreviewWorker(
-            make_client, lambda kind, gen, payload: self.reports.put((kind, gen, payload)))
+            FreshRetry(make_client),
+            lambda kind, gen, payload: self.reports.put((kind, gen, payload)))
 
     def next(self, *kinds):
         """The next report of one of ``kinds``, skipping others."""
@@ -179,6 +182,19 @@ def test_a_dead_warm_engine_is_replaced_at_once_by_a_fresh_one():
         h.worker.close(timeout=WAIT)
 
 
+def test_a_dead_warm_engine_is_replaced_only_once_per_preview():
+    h = Harness(fail_stylize=EngineFailed(Code.ENGINE_CRASHED, "The engine died.", ""),
+                block=False, warm=True, fresh_fails_too=True)
+    try:
+        gen = h.worker.submit(job("a"))
+        kind, got, text = h.next("result", "error")
+        assert (kind, got) == ("error", gen) and "The engine died." in text
+        assert [c.fresh for c in h.clients] == [False, True]
+        assert all(c.closed for c in h.clients)
+    finally:
+        h.worker.close(timeout=WAIT)
+
+
 def test_other_engine_errors_keep_the_engine():
     h = Harness(fail_stylize=EngineFailed("out_of_memory", "Out of memory.", "Smaller."),
                 block=False)
@@ -233,3 +249,98 @@ def test_dump_writes_pixels_then_description(tmp_path):
     assert (tmp_path / "preview-002.rgba").read_bytes() == b"12345678"
     meta = json.loads((tmp_path / "preview-002.json").read_text())
     assert meta == {"index": 2, "width": 2, "height": 1, "settings": {"preset": "quick"}}
+
+
+# ------------------------------------------------------------------ the shared retry (bridge)
+# The plug-in's full run and the preview worker both go through FreshRetry.run: one set of
+# dead-engine codes, one retry.
+
+def fake_clients(**kwargs):
+    """``make_client`` for FreshRetry, and the clients it made, in order."""
+    made = []
+
+    def make(fresh):
+        made.append(FakeClient(made_log, fresh=fresh, block=False, **kwargs))
+        return made[-1]
+
+    made_log: list = []
+    return make, made
+
+
+def stylize(client):
+    return client.stylize(RGBAImage(1, 1, b"\1\2\3\4"), [], preset="p", overrides={},
+                          device="cpu", on_progress=lambda p: None)
+
+
+def test_the_dead_engine_codes_are_the_wire_codes_of_a_gone_engine():
+    assert DEAD_ENGINE_CODES == {Code.ENGINE_CRASHED, Code.ENGINE_NOT_STARTED}
+    # The job's own failures, and an engine of another version, are not cured by a new engine.
+    assert not DEAD_ENGINE_CODES & {Code.CANCELLED, Code.PROTOCOL_VERSION, Code.BAD_REQUEST,
+                                    "out_of_memory", "weights_missing"}
+
+
+@pytest.mark.parametrize("code", sorted(DEAD_ENGINE_CODES))
+@pytest.mark.parametrize("where", ["start", "stylize"])
+def test_a_dead_warm_engine_is_replaced_by_a_fresh_one(code, where):
+    failure = EngineFailed(code, "gone")
+    make, made = fake_clients(warm=True, **{f"fail_{where}": failure})
+    retrying = FreshRetry(make)
+    out = retrying.run(stylize)
+    assert out.data == b"\4\3\2\1"
+    assert [c.fresh for c in made] == [False, True] and made[0].closed
+    assert retrying.client is made[1] and not made[1].closed
+
+
+def test_a_fresh_engine_that_fails_too_is_reported_after_one_retry():
+    make, made = fake_clients(warm=True, fresh_fails_too=True,
+                              fail_stylize=EngineFailed(Code.ENGINE_CRASHED, "gone"))
+    retrying = FreshRetry(make)
+    with pytest.raises(EngineFailed) as e:
+        retrying.run(stylize)
+    assert e.value.code == Code.ENGINE_CRASHED
+    assert [c.fresh for c in made] == [False, True] and all(c.closed for c in made)
+    assert retrying.client is None
+
+
+def test_a_dead_per_run_engine_is_dropped_not_retried():
+    make, made = fake_clients(fail_stylize=EngineFailed(Code.ENGINE_CRASHED, "gone"))
+    retrying = FreshRetry(make)
+    with pytest.raises(EngineFailed):
+        retrying.run(stylize)
+    assert len(made) == 1 and made[0].closed and retrying.client is None
+    with pytest.raises(EngineFailed):
+        retrying.run(stylize)  # the next run starts another, not a fresh-replacing one
+    assert [c.fresh for c in made] == [False, False]
+
+
+@pytest.mark.parametrize("code", [Code.PROTOCOL_VERSION, "out_of_memory", Code.CANCELLED])
+def test_other_failures_keep_the_client_and_are_not_retried(code):
+    make, made = fake_clients(warm=True, fail_stylize=EngineFailed(code, "no"))
+    retrying = FreshRetry(make)
+    for _ in range(2):
+        with pytest.raises(EngineFailed):
+            retrying.run(stylize)
+    assert len(made) == 1 and not made[0].closed and retrying.client is made[0]
+    retrying.close()
+    assert made[0].closed and retrying.client is None
+
+
+def test_a_handed_over_client_is_used_first_and_the_run_goes_on_where_it_stopped():
+    """The full run's shape: the preview's started engine first; when it dies after the first
+    layer, a fresh engine does the rest and the first layer is not redone."""
+    make, made = fake_clients(warm=True)
+    handed = FakeClient([], block=False, warm=True)
+    done, starts = [], []
+
+    def layers(client):
+        for name in ["one", "two", "three"][len(done):]:
+            if client is handed and done:
+                raise EngineFailed(Code.ENGINE_CRASHED, "gone")
+            done.append((name, client))
+
+    retrying = FreshRetry(make, handed)
+    retrying.run(layers, on_start=starts.append)
+    assert done == [("one", handed), ("two", made[0]), ("three", made[0])]
+    assert "start" not in handed.log and handed.closed
+    assert starts == [True] and [c.fresh for c in made] == [True]
+    assert retrying.take() is made[0] and retrying.client is None

@@ -287,6 +287,7 @@ def _attach_preview(dialog, drawables, config):
     installation lacks it: the dialog then works as before, and run() reports the problem."""
     try:
         import nst_preview
+        from nst_bridge.retry import FreshRetry
         client_mod, config_mod = _bridge()
     except Exception:
         return None
@@ -307,7 +308,7 @@ def _attach_preview(dialog, drawables, config):
         return client_mod.EngineClient.from_config(config_mod.load_config(), fresh=fresh)
 
     try:
-        return nst_preview.PreviewPane(dialog, config, build_job, make_client,
+        return nst_preview.PreviewPane(dialog, config, build_job, FreshRetry(make_client),
                                        PREVIEW_ARGUMENTS)
     except Exception:
         _log_traceback(None)  # a broken preview must not cost the user the dialog
@@ -568,6 +569,7 @@ def _duration(seconds):
 def _stylize_all(client_mod, cfg, jobs, config, engine=None):
     """``engine``: a started client to use instead of starting one (the dialog's preview
     engine); closed here like our own."""
+    from nst_bridge.retry import FreshRetry
     from nst_bridge.wire import RGBAImage
 
     preset = config.get_property("preset")
@@ -575,46 +577,33 @@ def _stylize_all(client_mod, cfg, jobs, config, engine=None):
     styles = _styles(client_mod, config)
     overrides = _overrides(config)
     Gimp.progress_init("Style Transfer: starting the engine")
-    client = engine or client_mod.EngineClient.from_config(cfg)
-    started, retried = engine is not None, False
+    retrying = FreshRetry(lambda fresh: client_mod.EngineClient.from_config(cfg, fresh=fresh),
+                          engine)
     results = []
+
+    def stylize_the_rest(client):
+        # On a fresh engine after a dead warm one, the layers already done are not redone.
+        for i, job in enumerate(jobs[len(results):], len(results) + 1):
+            bar = _ProgressBar(i, len(jobs))
+            bar.start("Sending the image")
+            content = RGBAImage(job.crop[2], job.crop[3], job.content)
+            result = client.stylize(content, styles, preset=preset, overrides=overrides,
+                                    device=device, on_progress=bar)
+            results.append(_crop_back(job, result))
+
+    def starting(fresh):
+        if fresh:
+            Gimp.progress_set_text("Style Transfer: starting a new engine")
+
     try:
-        while True:
-            try:
-                if not started:
-                    client.start()
-                    started = True
-                for i, job in enumerate(jobs[len(results):], len(results) + 1):
-                    bar = _ProgressBar(i, len(jobs))
-                    bar.start("Sending the image")
-                    content = RGBAImage(job.crop[2], job.crop[3], job.content)
-                    result = client.stylize(content, styles, preset=preset,
-                                            overrides=overrides, device=device,
-                                            on_progress=bar)
-                    results.append(_crop_back(job, result))
-                break
-            except client_mod.EngineFailed as e:
-                if retried or not _worth_a_fresh_engine(client_mod, client, e):
-                    raise
-                # A warm engine that died, hung or could not be reached: once more with a
-                # new one, so the user never meets a stale engine.
-                retried, started = True, False
-                client.close()
-                Gimp.progress_set_text("Style Transfer: starting a new engine")
-                client = client_mod.EngineClient.from_config(cfg, fresh=True)
-        notices = list(dict.fromkeys(client.last_notices))
+        retrying.run(stylize_the_rest, on_start=starting)
+        notices = list(dict.fromkeys(retrying.client.last_notices))
     except client_mod.EngineFailed as e:
         raise UserError(_engine_message(e)) from None
     finally:
-        client.close()
+        retrying.close()
     Gimp.progress_update(1.0)
     return results, notices
-
-
-def _worth_a_fresh_engine(client_mod, client, error):
-    """A shared warm engine's failure that a new engine may not have (not the job's own)."""
-    return (getattr(client, "warm", False)
-            and error.code in (client_mod.Code.ENGINE_CRASHED, client_mod.Code.ENGINE_NOT_STARTED))
 
 
 def _device(cfg, config):

@@ -32,8 +32,6 @@ DEBOUNCE_MS = 700
 #: ``preview-NNN.rgba`` (raw RGBA, the size shown) and ``preview-NNN.json`` (size, settings),
 #: the JSON last, so a reader that sees it sees both. See docs/PLUGIN.md.
 DUMP_ENV = "NST_PREVIEW_DUMP_DIR"
-#: Engine failure codes after which the client is useless: the next preview starts a new one.
-_DEAD_ENGINE_CODES = frozenset({"engine_crashed", "engine_not_started", "protocol_version"})
 
 
 class PreviewJob:
@@ -72,16 +70,18 @@ def crop_rgba(data, width, rect):
 class PreviewWorker:
     """Runs preview requests on one thread with one engine client; the newest request wins.
 
-    ``make_client(fresh)`` returns an unstarted ``EngineClient`` (or anything with ``start``,
-    ``stylize``, ``cancel``, ``close``; ``fresh``: replace a shared warm engine that failed); ``deliver(kind, generation, payload)`` is called on the
-    worker's thread with kind ``starting`` (None), ``progress`` (the engine's progress header),
-    ``result`` ((RGBAImage, the engine's notices)), ``error`` (text for the user). ``submit`` and ``invalidate`` cancel
-    the job that is running; ``close`` ends the thread and either closes the engine or hands it
-    over (to the full run, so it does not start a second engine).
+    ``engine``: the bridge's ``retry.FreshRetry``, which starts the client on this thread,
+    drops it when its engine dies (the next preview starts another) and replaces a dead warm
+    engine at once, as the full run does. ``deliver(kind, generation, payload)`` is called on
+    the worker's thread with kind ``starting`` (None), ``progress`` (the engine's progress
+    header), ``result`` ((RGBAImage, the engine's notices)), ``error`` (text for the user).
+    ``submit`` and ``invalidate`` cancel the job that is running; ``close`` ends the thread and
+    either closes the engine or hands it over (to the full run, so it does not start a second
+    engine).
     """
 
-    def __init__(self, make_client, deliver):
-        self._make_client = make_client
+    def __init__(self, engine, deliver):
+        self._engine = engine
         self._deliver = deliver
         self._cond = threading.Condition()
         self._latest = 0          # generation of the newest request (or invalidation)
@@ -89,7 +89,6 @@ class PreviewWorker:
         self._running = None      # generation of the job in the engine
         self._stop = False
         self._keep = False
-        self._client = None       # started client, owned by the worker's thread
         self._handoff = None
         self._thread = threading.Thread(target=self._loop, name="nst-preview", daemon=True)
         self._thread.start()
@@ -133,7 +132,7 @@ class PreviewWorker:
 
     def _cancel_stale(self):
         with self._cond:
-            client = self._client
+            client = self._engine.client
             stale = self._running is not None and self._running != self._latest
         if client is not None and stale:
             client.cancel()  # thread-safe; a no-op between jobs
@@ -164,67 +163,39 @@ class PreviewWorker:
             self._finish()
 
     def _run(self, generation, job):
-        for fresh in (False, True):
-            warm = False
-            try:
-                if self._client is None:
-                    self._deliver("starting", generation, None)
-                    client = self._make_client(fresh)
-                    warm = getattr(client, "warm", False)
-                    try:
-                        client.start()
-                    except BaseException:
-                        client.close()
-                        raise
-                    with self._cond:
-                        self._client = client
-                warm = getattr(self._client, "warm", False)
+        def stylize(client):
+            if self._is_stale(generation):
+                return None
+
+            def on_progress(p):
                 if self._is_stale(generation):
-                    return
+                    client.cancel()  # closes the gap between submit and stylize
+                else:
+                    self._deliver("progress", generation, p)
 
-                def on_progress(p):
-                    if self._is_stale(generation):
-                        self._client.cancel()  # closes the gap between submit and stylize
-                    else:
-                        self._deliver("progress", generation, p)
+            return client.stylize(job.content, job.styles, preset=job.preset,
+                                  overrides=job.overrides, device=job.device,
+                                  on_progress=on_progress)
 
-                result = self._client.stylize(job.content, job.styles, preset=job.preset,
-                                              overrides=job.overrides, device=job.device,
-                                              on_progress=on_progress)
-            except Exception as e:  # noqa: BLE001 — every failure is shown in the dialog
-                code = getattr(e, "code", None)
-                if code == "cancelled":
-                    return
-                if code in _DEAD_ENGINE_CODES:
-                    if self._client is not None:
-                        self._drop_client()
-                    if warm and not fresh:
-                        # A shared warm engine that died or went stale: once more with a new
-                        # one, as the full run does, so the user never meets a stale engine.
-                        continue
-                text = e.user_text() if hasattr(e, "user_text") else f"{type(e).__name__}: {e}"
-                self._deliver("error", generation, text)
-                return
-            if not self._is_stale(generation):
-                notices = [str(n) for n in getattr(self._client, "last_notices", None) or []]
-                self._deliver("result", generation, (result, notices))
-            return
-
-    def _drop_client(self):
-        with self._cond:
-            client, self._client = self._client, None
         try:
-            client.close()
-        except Exception:  # noqa: BLE001 — it is being thrown away
-            pass
+            result = self._engine.run(
+                stylize, on_start=lambda fresh: self._deliver("starting", generation, None))
+        except Exception as e:  # noqa: BLE001 — every failure is shown in the dialog
+            if getattr(e, "code", None) == "cancelled":
+                return
+            text = e.user_text() if hasattr(e, "user_text") else f"{type(e).__name__}: {e}"
+            self._deliver("error", generation, text)
+            return
+        if not self._is_stale(generation):
+            notices = [str(n) for n in getattr(self._engine.client, "last_notices", None) or []]
+            self._deliver("result", generation, (result, notices))
 
     def _finish(self):
         with self._cond:
-            if self._keep and self._client is not None:
-                self._handoff, self._client = self._client, None
+            if self._keep:
+                self._handoff = self._engine.take()
                 return
-        if self._client is not None:
-            self._drop_client()
+        self._engine.close()
 
 
 def dump_preview(folder, width, height, data, settings, **facts):
@@ -246,11 +217,12 @@ class PreviewPane:
     Preview button and an "update automatically" switch.
 
     ``build_job()`` (GTK's thread) returns a PreviewJob, or raises an exception whose text the
-    user can act on (no style layer, a selection off the layer…). ``watched``: the config
-    properties whose change makes the shown preview out of date.
+    user can act on (no style layer, a selection off the layer…). ``engine``: the worker's
+    (``PreviewWorker``). ``watched``: the config properties whose change makes the shown
+    preview out of date.
     """
 
-    def __init__(self, dialog, config, build_job, make_client, watched):
+    def __init__(self, dialog, config, build_job, engine, watched):
         import gi
         gi.require_version("Gtk", "3.0")
         gi.require_version("GdkPixbuf", "2.0")
@@ -265,7 +237,7 @@ class PreviewPane:
         self._timer = None
         self._closed = False
         self._dump_dir = os.environ.get(DUMP_ENV) or None
-        self._worker = PreviewWorker(make_client, self._from_worker)
+        self._worker = PreviewWorker(engine, self._from_worker)
         self.widget = self._build_widgets()
         self._pack_beside_fields(dialog)
         self._config = config
