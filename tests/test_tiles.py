@@ -232,15 +232,23 @@ def test_tiled_and_untiled_agree_away_from_the_tile_borders(random_weights_file)
 
 
 def test_tile_borders_show_no_seam(random_weights_file):
-    # Two levels, as users run it: the tiles of the finest level start from the coarser
-    # level's result. (Measured on eight settings the measure itself scatters by about ±1.5 %;
-    # benchmarks/README.md.)
+    """Two levels, as users run it: the tiles of the finest level start from the coarser
+    level's result, and their borders leave no step in the texture.
+
+    The bound comes from the measure's scatter, taken on both CPU precisions (the suite must
+    hold wherever the engine picks bfloat16): over content/optimiser seeds 0-5 the tiled/whole
+    ratio was +1.5 ... +3.4 % in float32 and +1.5 ... +3.3 % in bfloat16 (2-core Xeon, AMX).
+    At this size and step count the measure cannot tell the two-band blend from a tile that
+    simply overwrites its overlap (+3.8 ... +4.8 %): the blend itself is tested by
+    ``test_two_band_blend_keeps_the_texture_a_cross_fade_flattens``; this test guards against
+    a gross fault (a tile pasted 2 px off its place gave 0.49).
+    """
     content = _photo(256, 160)
     whole, _ = _stylize(random_weights_file, content, max_size=256, levels=2)
     tiled, _ = _stylize(random_weights_file, content, max_size=256, levels=2, tile_size=128)
     rows, cols = tiles.seams(tiles.grid((160, 256), 128))
     seam = tiles.seam_ratio(_chw(tiled), rows, cols) / tiles.seam_ratio(_chw(whole), rows, cols)
-    assert abs(seam - 1) <= 0.02, seam
+    assert 0.95 <= seam <= 1.06, seam
 
 
 def test_out_of_memory_at_a_level_falls_back_to_tiles(random_weights_file, monkeypatch):

@@ -189,12 +189,11 @@ def test_diverging_loss_is_a_numerical_error(random_weights_file, monkeypatch):
 
 
 def test_model_is_loaded_once_per_weights_file(random_weights_file, monkeypatch):
-    import nst_engine.model.weights as weights
-
     model_cache.clear()
     calls = []
-    real = weights.load_weights
-    monkeypatch.setattr(weights, "load_weights", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = model_cache.load_weights
+    monkeypatch.setattr(model_cache, "load_weights",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
     _run(random_weights_file, iterations=1)
     _run(random_weights_file, iterations=1, seed=4)
     assert len(calls) == 1
