@@ -6,7 +6,7 @@ Rows (each the minimum of ``--repeat`` runs; the machine may be shared, and the 
 least disturbed figure):
 
 - ``import torchvision`` after ``import torch``: what the engine no longer pays.
-- cold start → hello: ``EngineClient(serve argv).start()``: Python, torch, weights, model.
+- cold start → hello: ``PipeClient(serve argv).start()``: Python, torch, weights, model.
   For this checkout, and for ``--baseline REV`` (``git archive``d into a temporary folder), so
   "today" and "now" are measured on the same machine at the same time.
 - cold warm-engine start → hello: ``from_config`` with ``keep_warm`` and no engine running
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nst_engine.bridge import warm  # noqa: E402
-from nst_engine.bridge.client import EngineClient  # noqa: E402
+from nst_engine.bridge.client import EngineClient, PipeClient  # noqa: E402
 from nst_engine.bridge.wire import RGBAImage  # noqa: E402
 
 #: A short optimisation: what remains of the wall time is the overhead being measured.
@@ -68,7 +68,7 @@ def serve_argv(weights: Path, device: str) -> list[str]:
 
 
 def cold_hello(tree: Path, weights: Path, device: str, log: Path) -> float:
-    client = EngineClient(serve_argv(weights, device), pythonpath=[str(tree)], log_path=log)
+    client = PipeClient(serve_argv(weights, device), pythonpath=[str(tree)], log_path=log)
     t0 = time.perf_counter()
     client.start()
     t = time.perf_counter() - t0

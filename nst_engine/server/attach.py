@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..bridge import config
+from ..bridge.logs import LOG_ENV, LOG_NAME
 from ..bridge.warm import (BUILD_ENV, EXIT_NO_ENGINE, POLL, SOCKET_NAME, EngineLock,
                            WarmUnavailable, connect, private_dir, read_hello, stop_engine)
 from ..bridge.wire import PROTOCOL_VERSION, Msg, ProtocolError, encode_frame
@@ -145,8 +146,7 @@ def attach(serve_args: Sequence[str], *, keep_warm: float, hello_timeout: float,
            log_path: Path | None = None, fresh: bool = False) -> int:
     """The ``attach`` command: relay stdin/stdout to the warm engine (see the module doc).
     ``fresh``: replace the running engine first (the plug-in's retry after a failure)."""
-    log_path = Path(log_path or os.environ.get("NST_ENGINE_LOG")
-                    or config.default_log_dir() / "engine.log")
+    log_path = Path(log_path or os.environ.get(LOG_ENV) or config.default_log_dir() / LOG_NAME)
     try:
         folder = private_dir()
     except WarmUnavailable as e:
