@@ -43,7 +43,7 @@ from . import config, process
 from .errors import EngineFailed
 from .logs import LOG_ENV, LOG_NAME, log_tail, open_log
 from .process import child_env, list_presets
-from .warm import connect_direct, direct_options, warm_argv
+from .warm import EXIT_NO_ENGINE, connect_direct, direct_options, warm_argv
 from .wire import (DEFAULT_MAX_PAYLOAD, ENGINE_TYPES, PROTOCOL_VERSION, Code, EncodeError, Msg,
                    ProtocolError, RGBAImage, Role, read_frame, write_frame)
 
@@ -338,6 +338,19 @@ class EngineClient(abc.ABC):
             how = f"sent output that is not a protocol message ({broken.message})"
             hint = ("Something in the engine printed to its standard output, or the engine "
                     "command does not run `-m nst_engine serve`. See the engine log.")
+        elif self.warm and (status is None or status == EXIT_NO_ENGINE) and not stopped_by_us:
+            # The relay (EXIT_NO_ENGINE) or our own connection lost the shared engine.
+            if code == Code.ENGINE_NOT_STARTED:
+                text = "The warm style transfer engine could not be started or reached."
+            else:
+                text = (f"The connection to the warm style transfer engine was lost {when}: "
+                        "the engine stopped, crashed or was replaced.")
+            err = EngineFailed(code, text + self._tail_text(),
+                               "Try again: the next run starts a new engine. If it keeps "
+                               "happening, see the engine log, or set \"keep_warm\": 0 in "
+                               "config.json (one engine per run).", self.log_path)
+            self.close(kill=True)
+            return err
         elif status is not None and status < 0 and not stopped_by_us:
             how = f"was killed by signal {-status}"
             hint = "It may have run out of memory: try a smaller maximum size."

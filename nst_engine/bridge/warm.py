@@ -22,6 +22,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,19 +79,56 @@ def private_dir(create: bool = True) -> Path:
     return d
 
 
-def check_private(d: Path) -> None:
-    """A real folder (not a link), owned by this user, that nobody else may enter (closed to
-    0700 when it is ours but open). Raises WarmUnavailable."""
+def check_private(d: Path) -> bool:
+    """A real folder (not a link), owned by this user, that nobody else may enter. One that is
+    ours but was found open (made by hand, or planted before our first run) is closed to 0700
+    and emptied: whatever is in it may have been put there by someone else (a lock that is a
+    link to one of the user's files, a socket another program listens on). Returns whether it
+    had to be repaired. Raises WarmUnavailable."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
     try:
-        st = d.lstat()
+        fd = os.open(d, flags)
     except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise WarmUnavailable(f"{d} is not a folder (or is a symbolic link)") from None
         raise WarmUnavailable(f"{d}: {e.strerror or e}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise WarmUnavailable(f"{d} is not a folder (or is a symbolic link)")
-    if st.st_uid != os.getuid():
-        raise WarmUnavailable(f"{d} belongs to another user (uid {st.st_uid})")
-    if st.st_mode & 0o077:
-        os.chmod(d, 0o700)  # ours, but too open (e.g. made by hand): close it
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise WarmUnavailable(f"{d} is not a folder (or is a symbolic link)")
+        if st.st_uid != os.getuid():
+            raise WarmUnavailable(f"{d} belongs to another user (uid {st.st_uid})")
+        if not st.st_mode & 0o077:
+            return False
+        try:  # ours, but open: close it first (nobody else can add to it from now on), then
+            os.fchmod(fd, 0o700)  # throw away what others may have put there
+            _empty_folder(fd)
+        except OSError as e:
+            raise WarmUnavailable(f"{d} was open to other users and could not be made private "
+                                  f"({e.strerror or e})") from None
+        return True
+    finally:
+        os.close(fd)
+
+
+def _empty_folder(dir_fd: int) -> None:
+    """Remove everything inside the open folder ``dir_fd``, links as links (never followed)."""
+    for name in os.listdir(dir_fd):
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                          | getattr(os, "O_NOFOLLOW", 0), dir_fd=dir_fd)
+            try:
+                _empty_folder(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
@@ -109,7 +147,13 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
 # ---------------------------------------------------------------------------------- the lock
 
 class EngineLock:
-    """``engine.lock``: held (flock) by the living engine, holding its pid."""
+    """``engine.lock``: held (flock) by the living engine, holding its pid.
+
+    Nothing about it is taken on its word: it is opened without following links (a planted
+    link to one of the user's files is refused, never truncated) and must then be a regular
+    file of this user's with one name; and the pid it holds is only a hint: ``holder`` names a
+    process only when the kernel says that process holds the lock and its command line is
+    this folder's warm engine (``verified_engine``)."""
 
     def __init__(self, folder: Path) -> None:
         import fcntl
@@ -117,12 +161,38 @@ class EngineLock:
         self.path = folder / LOCK_NAME
         self._fd: int | None = None
 
-    def _open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    def _open(self, create: bool) -> int | None:
+        """The lock file, opened safely; None when it does not exist (and ``create`` is
+        False). Raises WarmUnavailable when the name holds something else."""
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+            | getattr(os, "O_CLOEXEC", 0) | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise WarmUnavailable(f"{self.path} is a symbolic link") from None
+            raise WarmUnavailable(f"cannot open {self.path}: {e.strerror or e}") from None
+        try:
+            st = os.fstat(fd)
+            why = ("is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                   f"belongs to another user (uid {st.st_uid})" if st.st_uid != os.getuid()
+                   else "has other names (hard links)" if st.st_nlink != 1 else None)
+            if why:
+                raise WarmUnavailable(f"{self.path} {why}")
+            if st.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def acquire(self) -> bool:
-        """Take the lock for this process's life (non-blocking); write our pid into it."""
-        fd = self._open()
+        """Take the lock for this process's life (non-blocking); write our pid into it. False
+        when another process holds it; raises WarmUnavailable when the file is not safe."""
+        fd = self._open(create=True)
+        assert fd is not None
         try:
             self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
         except OSError:
@@ -133,12 +203,22 @@ class EngineLock:
         self._fd = fd
         return True
 
+    def release(self) -> None:
+        """Let go of the lock (a replaced engine finishing its last job: a successor may
+        start)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def holder(self) -> int | None:
-        """The pid of the engine holding the lock, 0 if it is held but the pid is unreadable,
-        or None when nobody holds it."""
+        """The pid of the warm engine holding the lock, as the kernel tells (``verified_engine``);
+        0 when the lock is held but its holder cannot be shown to be this folder's engine (it
+        is then never signalled); None when nobody holds it."""
         try:
-            fd = self._open()
-        except OSError:
+            fd = self._open(create=False)
+        except WarmUnavailable:
+            return 0  # something planted: treat it as held by a stranger
+        if fd is None:
             return None
         try:
             try:
@@ -148,35 +228,121 @@ class EngineLock:
             else:
                 self._fcntl.flock(fd, self._fcntl.LOCK_UN)
                 return None
+            st = os.fstat(fd)
             try:
-                return int(os.pread(fd, 32, 0).decode() or 0)
+                hint = int(os.pread(fd, 32, 0).decode() or 0)
             except (OSError, ValueError):
-                return 0
+                hint = 0
+            return verified_engine(self.path.parent, st, hint) or 0
         finally:
             os.close(fd)
+
+
+def _lock_holders(st: os.stat_result) -> list[int]:
+    """The pids the kernel lists as holding a flock on the file ``st`` (Linux's /proc/locks);
+    empty when it cannot tell."""
+    pids = []
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return pids
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":  # "->" lines are waiters, not holders
+            continue
+        try:
+            ino = int(parts[5].rsplit(":", 1)[1])
+            pid = int(parts[4])
+        except (IndexError, ValueError):
+            continue
+        if ino == st.st_ino and pid > 0:
+            pids.append(pid)
+    return pids
+
+
+def _is_engine(pid: int, folder: Path, st: os.stat_result) -> bool:
+    """Linux: ``pid`` is this user's process, has the lock file ``st`` open, and runs
+    ``-m nst_engine serve … --listen <folder>/engine.sock``."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        if proc.stat().st_uid != os.getuid():
+            return False
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        fds = os.listdir(proc / "fd")
+    except OSError:
+        return False
+    argv = [os.fsdecode(a) for a in argv]
+    serve = any(argv[i:i + 3] == ["-m", "nst_engine", "serve"] for i in range(len(argv)))
+    sock = str(folder / SOCKET_NAME)
+    if not (serve and any(argv[i:i + 2] == ["--listen", sock] for i in range(len(argv)))):
+        return False
+    for name in fds:
+        try:
+            fst = os.stat(proc / "fd" / name)
+        except OSError:
+            continue
+        if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
+
+
+def verified_engine(folder: Path, st: os.stat_result, hint: int = 0) -> int | None:
+    """The pid of the warm engine of ``folder`` that holds the lock file ``st``: a process the
+    kernel lists as holding it (else the file's ``hint``), of this user, with that file open
+    and the warm engine's command line. None when that cannot be shown (no /proc: never)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    candidates = _lock_holders(st) or ([hint] if hint > 0 else [])
+    for pid in candidates:
+        if _is_engine(pid, folder, st):
+            return pid
+    return None
 
 
 # ---------------------------------------------------------------------------------- the socket
 
 def listen(path: Path) -> socket.socket:
-    """Bind the engine's socket (the caller holds the lock, so a file there is stale), 0600."""
+    """Bind the engine's socket (the caller holds the lock, so what has the name is stale or
+    planted: removed, never followed), 0600. Raises WarmUnavailable."""
     try:
-        path.unlink()
+        st = os.lstat(path)
     except FileNotFoundError:
-        pass
+        st = None
+    except OSError as e:
+        raise WarmUnavailable(f"{path}: {e.strerror or e}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise WarmUnavailable(f"{path} is a folder, not the engine's socket")
+        try:
+            os.unlink(path)  # a link is removed, not what it points at
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise WarmUnavailable(f"cannot remove {path}: {e.strerror or e}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
     try:
         sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise WarmUnavailable(f"cannot listen on {path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
-    sock.listen(16)
+    sock.listen(64)
     return sock
 
 
 def connect(path: Path) -> socket.socket | None:
-    """A connection to the engine listening at ``path``, or None when none listens there.
-    Raises WarmUnavailable when the listener is another user's."""
+    """A connection to what listens at ``path``, or None when nothing does (or the name is
+    not a socket of this user's: a link or a file is never followed). Raises WarmUnavailable
+    when the listener is another user's. Whether it is the engine: ``foreign_listener``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -190,6 +356,20 @@ def connect(path: Path) -> socket.socket | None:
         sock.close()
         raise WarmUnavailable(f"{path} is served by another user (uid {creds[1]})")
     return sock
+
+
+def foreign_listener(sock: socket.socket, folder: Path) -> str | None:
+    """Why the process listening on ``sock`` is not this folder's warm engine (it is not the
+    process the kernel shows holding the lock), or None when it is, or the OS cannot tell
+    (no SO_PEERCRED: the folder's permissions alone)."""
+    creds = peer_credentials(sock)
+    if creds is None or not sys.platform.startswith("linux"):
+        return None
+    holder = EngineLock(folder).holder()
+    if holder and holder == creds[0]:
+        return None
+    return (f"pid {creds[0]} listens on {folder / SOCKET_NAME}, and it is not the warm engine "
+            f"({'no engine holds the lock' if holder is None else 'the lock is held by another process'})")
 
 
 def read_hello(sock: socket.socket, timeout: float) -> dict[str, Any] | None:
@@ -253,12 +433,17 @@ def connect_direct(options: dict[str, Any], keep_warm: float
         return None
     if sock is None:
         return None
+    if foreign_listener(sock, folder) is not None:  # attach logs it and replaces the socket
+        sock.close()
+        return None
     try:
         hello = read_hello(sock, DIRECT_HELLO_TIMEOUT)
     except (TimeoutError, ProtocolError):
         hello = None
     warm = hello.get("warm") if hello else None
+    creds = peer_credentials(sock)
     if not (hello and hello.get("type") == Msg.HELLO and hello.get("protocol") == PROTOCOL_VERSION
+            and (creds is None or hello.get("pid") == creds[0])
             and isinstance(warm, dict) and warm.get("options") == options
             and warm.get("keep_warm") == keep_warm):
         sock.close()
@@ -275,7 +460,10 @@ def _signal(pid: int, sig: int) -> None:
 
 def stop_engine(folder: Path | None = None, *, force: bool = False) -> int | None:
     """Stop the warm engine, if one is running: SIGTERM (SIGKILL with ``force`` or after
-    STOP_GRACE s). Returns its pid, or None when none was running. install.py and attach use it."""
+    STOP_GRACE s). Returns its pid, or None when none was running, or none that can be shown
+    to be the warm engine (``EngineLock.holder``: no process is signalled on a file's word).
+    A warm engine that gets SIGTERM during a job lets go of its socket and lock at once and
+    exits when its clients' jobs are done. install.py and attach use it."""
     try:
         folder = folder or private_dir(create=False)
     except WarmUnavailable:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,8 +31,12 @@ from .. import __version__
 from ..bridge import config
 from ..bridge.logs import LOG_ENV, LOG_NAME
 from ..bridge.warm import (BUILD_ENV, EXIT_NO_ENGINE, POLL, SOCKET_NAME, EngineLock,
-                           WarmUnavailable, connect, private_dir, read_hello, stop_engine)
-from ..bridge.wire import PROTOCOL_VERSION, Msg, ProtocolError, encode_frame
+                           WarmUnavailable, connect, foreign_listener, private_dir, read_hello,
+                           stop_engine)
+from ..bridge.wire import PROTOCOL_VERSION, Code, Msg, ProtocolError, encode_frame
+
+#: attach's own answer "run a per-run engine for this client" (``run`` execs ``serve``).
+PER_RUN = -1
 
 #: A warm engine answers a connection at once (a thread of its own accepts); past this it hangs.
 WARM_HELLO_TIMEOUT = 15.0
@@ -72,28 +77,58 @@ def _spawn_engine(serve_args: Sequence[str], sock: Path, keep_warm: float, key: 
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
+class _PerRun(Exception):
+    """No warm engine for this client, for a reason that a per-run engine does not share (the
+    message says which): ``run`` becomes one."""
+
+
 def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float, key: str,
                       log_path: Path, timeout: float) -> socket.socket:
-    """A connection to a listening engine, starting one when none runs. Raises TimeoutError or
-    RuntimeError (the engine failed to start: its lines are in the log)."""
+    """A connection to this folder's listening engine, starting one when none runs. A listener
+    that is not the engine (``warm.foreign_listener``) has its socket removed when no engine
+    holds the lock (ours binds a new one). Raises TimeoutError, or _PerRun (the engine failed
+    to start: its lines are in the log; the lock is held by a stranger)."""
     path = folder / SOCKET_NAME
     lock = EngineLock(folder)
     child: subprocess.Popen | None = None
     deadline = time.monotonic() + timeout
+    told = False
     while True:
         sock = connect(path)
         if sock is not None:
-            return sock
+            why = foreign_listener(sock, folder)
+            if why is None:
+                return sock
+            sock.close()
+            if not told:
+                _log(f"not the warm engine: {why}")
+                told = True
+            if lock.holder() is None:
+                _remove_socket(path)
         if child is not None and child.poll() not in (None, 0):
-            raise RuntimeError(f"the engine exited with status {child.returncode} while "
-                               "starting")
+            raise _PerRun(f"the warm engine exited with status {child.returncode} while "
+                          "starting (its lines are above)")
         # Start one unless one is starting (it holds the lock before it listens); two relays
         # racing start two, and the one that does not get the lock exits at once (status 0).
-        if (child is None or child.poll() is not None) and lock.holder() is None:
+        holder = lock.holder()
+        if holder == 0 and child is None:
+            raise _PerRun(f"{lock.path} is held by a process that is not the warm engine")
+        if (child is None or child.poll() is not None) and holder is None:
             child = _spawn_engine(serve_args, path, keep_warm, key, log_path)
         if time.monotonic() > deadline:
             raise TimeoutError
         time.sleep(POLL)
+
+
+def _remove_socket(path: Path) -> None:
+    """The socket's name in our private folder, whatever it is (never followed)."""
+    try:
+        os.unlink(path)
+        _log(f"removed {path}: no engine holds the lock")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise _PerRun(f"cannot remove {path} ({e.strerror or e})") from None
 
 
 def _relay(sock: socket.socket, first: bytes) -> int:
@@ -145,16 +180,28 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def attach(serve_args: Sequence[str], *, keep_warm: float, hello_timeout: float,
            log_path: Path | None = None, fresh: bool = False) -> int:
     """The ``attach`` command: relay stdin/stdout to the warm engine (see the module doc).
-    ``fresh``: replace the running engine first (the plug-in's retry after a failure)."""
+    ``fresh``: replace the running engine first (the plug-in's retry after a failure); a job
+    it is running is finished first (``listen``: SIGTERM lets go of the socket at once).
+    Returns the exit status, or PER_RUN: no warm engine for this client (one line in the log
+    says why), ``run`` becomes a per-run engine."""
     log_path = Path(log_path or os.environ.get(LOG_ENV) or config.default_log_dir() / LOG_NAME)
     try:
-        folder = private_dir()
-    except WarmUnavailable as e:
+        return _attach(serve_args, keep_warm, hello_timeout, log_path, fresh)
+    except (WarmUnavailable, _PerRun) as e:
         _log(f"no warm engine ({e}): running one for this client only")
-        return -1  # the caller runs plain ``serve``
+        return PER_RUN
+    except Exception:  # noqa: BLE001 - a bug here must not cost the user the run
+        _log("no warm engine (attach failed; details follow): running one for this client "
+             "only\n" + traceback.format_exc())
+        return PER_RUN
+
+
+def _attach(serve_args: Sequence[str], keep_warm: float, hello_timeout: float, log_path: Path,
+            fresh: bool) -> int:
+    folder = private_dir()
     key = engine_key(serve_args, keep_warm)
     if fresh:
-        _replaced(stop_engine(folder), "a fresh one was asked for")
+        _replaced(folder, False, "a fresh one was asked for")
     why = "no engine answered"
     for _attempt in range(3):
         try:
@@ -162,28 +209,27 @@ def attach(serve_args: Sequence[str], *, keep_warm: float, hello_timeout: float,
         except TimeoutError:
             why = f"no engine listened within {hello_timeout:g} s"
             break
-        except RuntimeError as e:
-            why = str(e)
-            break
         try:
             hello = read_hello(sock, WARM_HELLO_TIMEOUT)
         except TimeoutError:
             sock.close()
-            _replaced(stop_engine(folder, force=True),
-                      f"it did not answer within {WARM_HELLO_TIMEOUT:g} s (hung)")
+            _replaced(folder, True, f"it did not answer within {WARM_HELLO_TIMEOUT:g} s (hung)")
             continue
         except ProtocolError as e:
             sock.close()
-            _replaced(stop_engine(folder, force=True), f"it sent garbage ({e.message})")
+            _replaced(folder, True, f"it sent garbage ({e.message})")
             continue
         if hello is None:  # it was ending (idle time over) as we connected: try again
             sock.close()
             why = "the engine closed the connection before its hello"
             continue
+        if hello.get("type") == Msg.ERROR and hello.get("code") == Code.BUSY:
+            sock.close()
+            raise _PerRun(f"the warm engine is busy: {hello.get('message')}")
         warm = hello.get("warm") if hello.get("type") == Msg.HELLO else None
         if not isinstance(warm, dict) or warm.get("key") != key:
             sock.close()
-            _replaced(stop_engine(folder), "it is another version or has other options")
+            _replaced(folder, False, "it is another version or has other options")
             continue
         _log(f"connected to the warm engine, pid {hello.get('pid')}")
         return _relay(sock, encode_frame(hello))
@@ -191,9 +237,16 @@ def attach(serve_args: Sequence[str], *, keep_warm: float, hello_timeout: float,
     return EXIT_NO_ENGINE
 
 
-def _replaced(pid: int | None, why: str) -> None:
+def _replaced(folder: Path, force: bool, why: str) -> None:
+    """Stop the warm engine (``warm.stop_engine``: only a process shown to be it). One that
+    is running a job finishes it first: it lets go of its socket and lock at once and a new one
+    can start beside it. Raises _PerRun when a stranger holds the lock."""
+    pid = stop_engine(folder, force=force)
     if pid:
         _log(f"stopped the warm engine pid {pid}: {why}")
+    elif EngineLock(folder).holder() == 0:
+        raise _PerRun(f"the warm engine should be replaced ({why}), but the process holding "
+                      f"{folder / 'engine.lock'} cannot be shown to be it")
 
 
 def run(args: Any) -> int:
@@ -205,8 +258,8 @@ def run(args: Any) -> int:
     if getattr(args, "device", None):
         serve_args += ["--device", args.device]
     code = attach(serve_args, keep_warm=args.keep_warm, hello_timeout=args.hello_timeout,
-                  fresh=args.fresh) if args.keep_warm > 0 else -1
-    if code >= 0:
+                  fresh=args.fresh) if args.keep_warm > 0 else PER_RUN
+    if code != PER_RUN:
         return code
     # No warm engine possible (or keep_warm 0): become the per-run engine, as before.
     os.execv(sys.executable, [sys.executable, "-m", "nst_engine", "serve", *serve_args])
