@@ -102,6 +102,9 @@ class Code:
     ENGINE_NOT_STARTED = "engine_not_started"
     ENGINE_CRASHED = "engine_crashed"
     PRESETS_UNAVAILABLE = "presets_unavailable"
+    #: The engine is at one of its bounds (connections, queued jobs, payload memory): the
+    #: request was refused, the engine goes on; try again when a job has finished.
+    BUSY = "busy"
     #: Not created by the bridge; named here because the client treats it specially.
     CANCELLED = "cancelled"
 

@@ -1,7 +1,9 @@
-"""The one queue every session's jobs go through: one job at a time, in arrival order."""
+"""The one queue every session's jobs go through: one job at a time, in arrival order; and the
+payload memory budget all sessions reserve from."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -14,6 +16,35 @@ from .streams import log
 
 #: The progress stage of a job queued behind another client's (the plug-in shows it in words).
 WAITING_STAGE = "waiting"
+#: Jobs the queue holds (waiting, not running) before a new one is answered ``busy``.
+MAX_QUEUED_JOBS = 16
+#: Environment variable: bytes of request payloads (images) the engine holds at once, in all
+#: sessions together: being read, queued or running. Default DEFAULT_PAYLOAD_BUDGET.
+PAYLOAD_BUDGET_ENV = "NST_PAYLOAD_BUDGET"
+DEFAULT_PAYLOAD_BUDGET = 2 << 30
+
+
+class PayloadBudget:
+    """Bytes of payload the engine may hold: reserved as they arrive, released when the job
+    that holds them is done (or the request refused)."""
+
+    def __init__(self, total: int | None = None) -> None:
+        if total is None:
+            total = int(os.environ.get(PAYLOAD_BUDGET_ENV) or DEFAULT_PAYLOAD_BUDGET)
+        self.total = total
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.total:
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
 
 
 class Client(Protocol):
@@ -30,14 +61,26 @@ class Jobs:
     A job queued behind another gets a ``waiting`` progress frame; one cancelled while it waits
     is answered at once (``cancelled``) instead of when its turn comes."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: PayloadBudget | None = None) -> None:
         self._cond = threading.Condition()
         self._queue: deque = deque()  # (session, frame, cancel event)
         self._running: "Client | None" = None  # whose job runs now
         self.last_active = time.monotonic()
+        self.budget = budget or PayloadBudget()
+        #: Seconds without activity after which ``work`` returns (None: never); may change
+        #: while it runs (a replaced warm engine finishing its jobs).
+        self.idle_exit: float | None = None
 
-    def submit(self, session: Client, frame: wire.Frame, cancel: threading.Event) -> None:
+    def busy(self) -> bool:
+        """A job runs or waits."""
         with self._cond:
+            return self._running is not None or bool(self._queue)
+
+    def submit(self, session: Client, frame: wire.Frame, cancel: threading.Event) -> bool:
+        """Queue a job; False (not queued) when MAX_QUEUED_JOBS wait already."""
+        with self._cond:
+            if len(self._queue) >= MAX_QUEUED_JOBS:
+                return False
             # Only another client's job makes this one wait (its own previous job may still be
             # finishing when a quick client sends the next).
             behind = (self._running not in (None, session)
@@ -49,6 +92,7 @@ class Jobs:
             session.send({"type": Msg.PROGRESS, "id": frame.header.get("id"),
                           "stage": WAITING_STAGE, "level": 0, "levels": 0, "iteration": 0,
                           "total": 0, "elapsed": 0.0, "eta": None})
+        return True
 
     def touch(self) -> None:
         """Something happened (a client came or went): the idle time starts again."""
@@ -58,12 +102,15 @@ class Jobs:
 
     def work(self, stopping: threading.Event, idle_exit: float | None = None) -> None:
         """Run jobs until ``stopping`` is set or, with ``idle_exit``, nothing happened for that
-        many seconds."""
+        many seconds (``self.idle_exit`` when set wins)."""
+        if idle_exit is not None and self.idle_exit is None:
+            self.idle_exit = idle_exit
         threading.Thread(target=self._answer_cancelled, args=(stopping,), daemon=True,
                          name="nst-serve-cancelled").start()
         while not stopping.is_set():
             with self._cond:
                 if not self._queue:
+                    idle_exit = self.idle_exit
                     if idle_exit is not None and \
                             time.monotonic() - self.last_active >= idle_exit:
                         return

@@ -6,6 +6,12 @@ the end of the input ends the session (``Session._ended``: the transport says wh
 Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error frame
 and end the session, since the stream is out of step; a well-framed but wrong message (unknown
 type, other protocol version, bad fields) is answered and the session goes on.
+
+Bounded whatever a client does: a payload's memory is reserved from the engine's budget
+(``jobs.PayloadBudget``) as its bytes arrive, never on the header's word, and kept until its
+job is done; a session has at most MAX_CLIENT_JOBS unfinished jobs and the queue at most
+``jobs.MAX_QUEUED_JOBS``. Past a bound the request is answered ``busy`` (its payload skipped,
+not stored) and the session goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from ..bridge.wire import Code, Msg, ProtocolError
 from .. import presets
 from ..errors import Cancelled, EngineError, OutOfMemory
 from .engine import Ready
-from .jobs import Jobs
+from .jobs import Jobs, PayloadBudget
 from .progress import ProgressThrottle
 from .streams import log
 
@@ -31,6 +37,9 @@ EXIT_PROTOCOL = 3
 MAX_PAYLOAD_ENV = "NST_MAX_PAYLOAD"
 #: Longest message or hint an error frame carries (they may quote a client's input).
 MAX_MESSAGE = 2000
+#: Unfinished jobs (queued or running) one session may have; a plug-in has one at a time.
+MAX_CLIENT_JOBS = 4
+_CHUNK = 1 << 20
 
 
 def bounded(text: str) -> str:
@@ -51,6 +60,7 @@ class Session:
         self.inp, self.out = inp, out
         self.max_payload = int(os.environ.get(MAX_PAYLOAD_ENV) or wire.DEFAULT_MAX_PAYLOAD)
         self.jobs = jobs
+        self.budget: PayloadBudget = jobs.budget
         self.cancels: dict[Any, threading.Event] = {}
         self.lock = threading.Lock()  # guards writes to out and self.cancels
         self.stopping = threading.Event()
@@ -72,8 +82,11 @@ class Session:
             return self.send_error(rid if wire.is_valid_id(rid) else None, Code.INTERNAL,
                                    f"The engine could not encode its reply ({e}).",
                                    "This is a bug; the details are in the engine log.")
-        except (OSError, ValueError):  # the client is gone (broken pipe) or out was closed
-            self.stop(self.exit_code, "the client stopped reading")
+        except (OSError, ValueError) as e:  # the client is gone (broken pipe), out was closed,
+            # or (socket) the client did not read within the write deadline
+            why = f"the client stopped reading ({e})" if isinstance(e, TimeoutError) else \
+                "the client stopped reading"
+            self.stop(self.exit_code, why)
             return False
 
     def send_error(self, rid: Any, code: str, message: str, hint: str = "") -> bool:
@@ -119,8 +132,7 @@ class Session:
     def _read_frames(self) -> None:
         while not self.stopping.is_set():
             try:
-                frame = wire.read_frame(self.inp, accept=wire.CLIENT_TYPES,
-                                        max_payload=self.max_payload)
+                frame = self._read_frame()
             except ProtocolError as e:
                 log(f"bad message from the client ({e.code}): {e.message}")
                 self.send_error(e.id, e.code, f"The engine received a message it cannot use: "
@@ -147,6 +159,82 @@ class Session:
                                 f"({type(e).__name__}).",
                                 "This is a bug; the details are in the engine log.")
 
+    def _read_frame(self) -> wire.Frame | None:
+        """``wire.read_frame`` for the engine's side: the payload is read into memory reserved
+        from the budget chunk by chunk as it arrives; over the budget it is skipped and the
+        request answered ``busy`` (non-fatal ProtocolError)."""
+        prefix = self._read_exact(wire.PREFIX.size, at_start=True)
+        if prefix is None:
+            return None
+        hlen, plen = wire.parse_prefix(prefix, max_payload=self.max_payload)
+        header = wire.parse_header(self._read_exact(hlen))
+        try:
+            wire.check_message(header, plen, wire.CLIENT_TYPES)
+        except ProtocolError:
+            self._skip(plen)
+            raise
+        if not plen:
+            return wire.Frame(header, b"")
+        payload = self._read_payload(plen)
+        if payload is None:
+            rid = header.get("id")
+            raise ProtocolError(
+                Code.BUSY, f"{header['type']}: the engine already holds as much image data as "
+                f"it may ({self.budget.total >> 20} MiB in all); this request's {plen} bytes "
+                "were not kept", fatal=False, id=rid if wire.is_valid_id(rid) else None)
+        return wire.Frame(header, payload)
+
+    def _read_exact(self, n: int, *, at_start: bool = False) -> bytes | None:
+        buf = bytearray(n)  # n is a prefix or a header: bounded by wire.MAX_HEADER
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.inp.readinto(view[got:])
+            if not k:
+                if at_start and got == 0:
+                    return None
+                raise ProtocolError(Code.BAD_FRAME, f"truncated frame: end of stream after "
+                                    f"{got} of {n} bytes", fatal=True)
+            got += k
+        return bytes(buf)
+
+    def _read_payload(self, n: int) -> bytearray | None:
+        """``n`` bytes, each chunk reserved before it is read; None when the budget ran out
+        (what came is released, the rest skipped). The caller releases ``n`` when done."""
+        buf = bytearray()
+        scratch = memoryview(bytearray(min(n, _CHUNK)))
+        while len(buf) < n:
+            want = min(n - len(buf), _CHUNK)
+            if not self.budget.reserve(want):
+                got = len(buf)
+                self.budget.release(got)
+                del buf
+                log(f"payload of {n} bytes refused: the budget of {self.budget.total} bytes "
+                    "is spent")
+                self._skip(n - got)
+                return None
+            try:
+                k = self.inp.readinto(scratch[:want])
+            except BaseException:
+                self.budget.release(len(buf) + want)
+                raise
+            if not k:
+                self.budget.release(len(buf) + want)
+                raise ProtocolError(Code.BAD_FRAME, f"truncated frame: end of stream after "
+                                    f"{len(buf)} of {n} payload bytes", fatal=True)
+            buf += scratch[:k]
+            self.budget.release(want - k)
+        return buf
+
+    def _skip(self, n: int) -> None:
+        scratch = memoryview(bytearray(min(n, _CHUNK)))
+        while n > 0:
+            k = self.inp.readinto(scratch[:min(n, _CHUNK)])
+            if not k:
+                raise ProtocolError(Code.BAD_FRAME, "truncated frame: end of stream in a "
+                                    "payload", fatal=True)
+            n -= k
+
     def _handle(self, frame: wire.Frame) -> bool:
         """Act on one checked message (``wire.check_request`` made its id hashable);
         False when this session ends."""
@@ -155,14 +243,25 @@ class Session:
             ev = threading.Event()
             with self.lock:
                 taken = rid in self.cancels
-                if not taken:
+                full = len(self.cancels) >= MAX_CLIENT_JOBS
+                if not (taken or full):
                     self.cancels[rid] = ev
             if taken:
+                self.budget.release(len(frame.payload))
                 self.send_error(None, Code.BAD_REQUEST, f"stylize: the id {wire.excerpt(rid)} "
                                 "belongs to a job that has not finished.",
                                 "Give every request its own id.")
-            else:
-                self.jobs.submit(self, frame, ev)
+            elif full:
+                self.budget.release(len(frame.payload))
+                self.send_error(rid, Code.BUSY, f"stylize: this client already has "
+                                f"{MAX_CLIENT_JOBS} unfinished jobs.",
+                                "Wait for a job's result before sending more.")
+            elif not self.jobs.submit(self, frame, ev):
+                with self.lock:
+                    self.cancels.pop(rid, None)
+                self.budget.release(len(frame.payload))
+                self.send_error(rid, Code.BUSY, "The engine's queue is full (other clients' "
+                                "jobs are waiting).", "Try again when a job has finished.")
         elif frame.type == Msg.CANCEL:
             with self.lock:
                 targets = list(self.cancels.values()) if rid is None else \
@@ -204,6 +303,7 @@ class Session:
         finally:
             with self.lock:
                 self.cancels.pop(rid, None)
+            self.budget.release(len(frame.payload))
 
     def _stylize(self, h: dict[str, Any], payload: bytes, cancel: threading.Event):
         from PIL import Image  # the first job pays for these, not the hello
