@@ -26,9 +26,12 @@ def warm_runs(gimp):
     batch = " ".join(shlex.quote(a) for a in [gimp.tree.console, *GIMP_BATCH])
     script = shlex.quote(f"{gimp.scripts}/warm_runs.py")
     command = "; ".join(f"NST_WARM_PHASE={phase} {batch} < {script}" for phase in "12")
+    # One precision for every engine here: this compares pixels across engines, and on a CPU
+    # where bfloat16 pays, an engine started while the machine is busy measures the race
+    # untrusted and runs float32 (device/cpu_precision.py), so its pixels differ by design.
+    env = gimp.env(NST_E2E_OUT=out, NST_ENGINE_CPU_BF16="0")
     try:
-        done = gimp.sh(["sh", "-c", command], "warm runs", env=gimp.env(NST_E2E_OUT=out),
-                       timeout=900, check=False)
+        done = gimp.sh(["sh", "-c", command], "warm runs", env=env, timeout=900, check=False)
     finally:
         gimp.set_config(keep_warm=0)  # whatever happened, the other e2e modules run per-run
     facts = {}
