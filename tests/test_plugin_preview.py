@@ -344,3 +344,65 @@ def test_a_handed_over_client_is_used_first_and_the_run_goes_on_where_it_stopped
     assert "start" not in handed.log and handed.closed
     assert starts == [True] and [c.fresh for c in made] == [True]
     assert retrying.take() is made[0] and retrying.client is None
+
+
+class CancelReachesLate(FakeClient):
+    """The dialog thread's cancel() stops the running job, then (as a busy machine may) only
+    finishes once the worker could have moved on to the next request: a real client's cancel
+    stops whatever job runs *at that moment*."""
+
+    def __init__(self, log, **kw):
+        super().__init__(log, **kw)
+        self.started: dict = {}
+
+    def stylize(self, content, styles, *, preset, overrides, device, on_progress):
+        self.started.setdefault(preset, threading.Event())
+        self.cancelled.clear()
+        self.started[preset].set()
+        return super().stylize(content, styles, preset=preset, overrides=overrides,
+                               device=device, on_progress=on_progress)
+
+    def cancel(self):
+        self.log.append("cancel")
+        self.cancelled.set()  # the stale job stops...
+        self.started.setdefault("b", threading.Event()).wait(2.0)  # ...the worker may go on
+        self.cancelled.set()  # and the cancel lands on whatever runs now
+
+
+def test_the_newest_request_is_never_cancelled_in_place_of_the_stale_one():
+    """Issue 23: a new Max size typed after a preview, and no preview came for minutes: the
+    cancel meant for the stale job hit the new one, whose end as ``cancelled`` was silent."""
+    log, clients, reports = [], [], queue.Queue()
+
+    def make_client(fresh):
+        clients.append(CancelReachesLate(log))
+        return clients[-1]
+
+    worker = nst_preview.PreviewWorker(FreshRetry(make_client),
+                                       lambda kind, gen, payload: reports.put((kind, gen, payload)))
+    try:
+        worker.submit(job("a"))
+        while reports.get(timeout=WAIT)[0] != "progress":
+            pass
+        second = worker.submit(job("b"))
+        assert clients[0].started.get("b") and clients[0].started["b"].wait(WAIT)
+        clients[0].release.set()
+        while True:
+            kind, gen, payload = reports.get(timeout=WAIT)
+            if kind in ("result", "error"):
+                break
+        assert (kind, gen) == ("result", second), payload
+        assert payload[0].data == bytes(reversed(job("b").content.data))
+    finally:
+        worker.close(timeout=WAIT)
+
+
+def test_a_preview_cancelled_by_the_engine_is_reported_not_left_waiting():
+    h = Harness(fail_stylize=EngineFailed(Code.CANCELLED, "Style transfer cancelled."),
+                block=False)
+    try:
+        gen = h.worker.submit(job("a"))
+        kind, got, text = h.next("result", "error")
+        assert (kind, got) == ("error", gen) and "Press Preview" in text
+    finally:
+        h.worker.close(timeout=WAIT)

@@ -131,11 +131,15 @@ class PreviewWorker:
             return handoff
 
     def _cancel_stale(self):
+        # Decided and done under the lock: the client's cancel() stops whatever job it runs
+        # *now*, so between the decision and the call the worker must not move on to the new
+        # request (it needs the lock to). Otherwise the newest preview was cancelled in place
+        # of the stale one and no preview came until the settings changed again.
         with self._cond:
             client = self._engine.client
             stale = self._running is not None and self._running != self._latest
-        if client is not None and stale:
-            client.cancel()  # thread-safe; a no-op between jobs
+            if client is not None and stale:
+                client.cancel()  # thread-safe, quick; a no-op between jobs
 
     # ------------------------------------------------------------------ the worker's thread
 
@@ -182,6 +186,9 @@ class PreviewWorker:
                 stylize, on_start=lambda fresh: self._deliver("starting", generation, None))
         except Exception as e:  # noqa: BLE001 — every failure is shown in the dialog
             if getattr(e, "code", None) == "cancelled":
+                if not self._is_stale(generation):  # not by us: never leave the pane waiting
+                    self._deliver("error", generation, "the engine stopped this preview "
+                                  "before it finished. Press Preview to try again.")
                 return
             text = e.user_text() if hasattr(e, "user_text") else f"{type(e).__name__}: {e}"
             self._deliver("error", generation, text)
@@ -283,7 +290,7 @@ class PreviewPane:
         self._button = Gtk.Button.new_with_mnemonic("Pre_view")
         self._button.set_tooltip_text("Stylise the region to repaint, small and fast, with "
                                       "the settings on the left")
-        self._button.connect("clicked", lambda _b: self.update(force=True))
+        self._button.connect("clicked", lambda _b: self._guarded(self.update, force=True))
         buttons.pack_start(self._button, False, False, 0)
         self._auto = Gtk.CheckButton.new_with_mnemonic("Update _automatically")
         self._auto.set_active(True)
@@ -357,8 +364,20 @@ class PreviewPane:
     def _on_timer(self):
         self._timer = None
         if not self._closed:
-            self.update(force=False)
+            self._guarded(self.update, force=False)
         return False
+
+    def _guarded(self, fn, *args, **kwargs):
+        """A GLib callback's work: an exception would vanish into GLib's log and leave the pane
+        saying "Previewing…" for ever; the user sees it instead."""
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 — shown in the dialog
+            self._generation = None
+            try:
+                self._say(f"No preview: {type(e).__name__}: {e}")
+            except Exception:  # noqa: BLE001 — the widgets are gone
+                pass
 
     def update(self, *, force):
         """Start a preview of the current settings (``force``: even if they are the ones
@@ -392,6 +411,10 @@ class PreviewPane:
     def _on_report(self, kind, generation, payload):
         if self._closed or generation != self._generation:
             return False  # about an older request, or the dialog is gone
+        self._guarded(self._report, kind, payload)
+        return False
+
+    def _report(self, kind, payload):
         if kind == "starting":
             self._say("Starting the engine (the first start takes a while)…", busy=True)
         elif kind == "progress":
@@ -406,7 +429,6 @@ class PreviewPane:
             self._show(payload)
         elif kind == "error":
             self._say(f"No preview: {payload}")
-        return False
 
     def _show(self, payload):
         result, notices = payload
