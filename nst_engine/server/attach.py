@@ -111,7 +111,8 @@ def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float,
         # Start one unless one is starting (it holds the lock before it listens); two relays
         # racing start two, and the one that does not get the lock exits at once (status 0).
         holder = lock.holder()
-        if holder == 0 and child is None:
+        # Linux tells who holds the lock; elsewhere (0 = held, not shown) one may be starting.
+        if holder == 0 and child is None and sys.platform.startswith("linux"):
             raise _PerRun(f"{lock.path} is held by a process that is not the warm engine")
         if (child is None or child.poll() is not None) and holder is None:
             child = _spawn_engine(serve_args, path, keep_warm, key, log_path)
