@@ -51,3 +51,13 @@ class PresetError(EngineError):
 
 class InvalidInput(EngineError):
     code = "invalid_input"
+
+
+class FlowUnavailable(EngineError):
+    """The optical-flow library (OpenCV) that animations need is missing or broken."""
+    code = "flow_unavailable"
+
+
+class FrameFailed(EngineError):
+    """A frame of an animation failed; the frames before it are done (``done``)."""
+    code = "frame_failed"

@@ -221,8 +221,11 @@ class EngineClient(abc.ABC):
     def stylize(self, content: RGBAImage, styles: Sequence[tuple[RGBAImage, float]], *,
                 preset: str | None = None, overrides: Mapping[str, Any] | None = None,
                 device: str | None = None,
-                on_progress: Callable[[dict[str, Any]], None] | None = None) -> RGBAImage:
-        """Run one job; the result has the content's size. Raises EngineFailed."""
+                on_progress: Callable[[dict[str, Any]], None] | None = None,
+                animation: Mapping[str, Any] | None = None) -> RGBAImage:
+        """Run one job; the result has the content's size. Raises EngineFailed.
+        ``animation``: ``{"clip", "frame", "frames", "loop"}`` for a frame of an animation
+        (docs/PROTOCOL.md)."""
         if self.hello is None:
             raise RuntimeError("start() the engine first")
         content.check()
@@ -237,6 +240,8 @@ class EngineClient(abc.ABC):
         header = {"type": Msg.STYLIZE, "id": rid, "protocol": PROTOCOL_VERSION,
                   "preset": preset, "overrides": dict(overrides or {}), "device": device,
                   "images": images}
+        if animation is not None:
+            header["animation"] = dict(animation)
         self._current_id = rid
         try:
             try:

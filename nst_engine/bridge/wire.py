@@ -20,7 +20,9 @@ Client → engine:
 - ``stylize``: ``id``, ``protocol``, ``preset`` (or null), ``overrides`` (object), ``device``,
   ``images``: ``[{"role": "content", "width", "height"},
   {"role": "style", "width", "height", "weight"}, ...]`` + payload: the RGBA bytes of each image
-  in that order (content first)
+  in that order (content first); optional ``animation``: ``{"clip", "frame", "frames",
+  "loop"}`` when the content is frame ``frame`` of ``frames`` of one animation (sent in order;
+  the engine keeps what the next frames need)
 - ``cancel``: ``id``;  ``shutdown``
 
 A framing error (bad magic, over a limit, truncated, bad JSON) leaves the stream unusable: the
@@ -56,6 +58,8 @@ MAX_SIDE = 1 << 15
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 256
 MAX_OVERRIDES = 64
+#: Most frames in one animation (``stylize``'s ``animation.frames``; the CLI's limit too).
+MAX_ANIMATION_FRAMES = 300
 #: Largest style blend weight (weights are relative; a bound keeps them floats).
 MAX_WEIGHT = 1e9
 #: Integer ids beyond this are refused (JSON readers in other languages lose precision).
@@ -316,6 +320,27 @@ def check_request(header: dict[str, Any]) -> None:
         if value is not None and not (isinstance(value, str) and len(value) <= MAX_NAME_CHARS):
             raise bad(f"'{field}' must be null or a string of at most {MAX_NAME_CHARS} "
                       f"characters, not {excerpt(value)}")
+    if header.get("animation") is not None:
+        _check_animation(header["animation"], bad)
+
+
+def _check_animation(anim: Any, bad) -> None:
+    """A ``stylize``'s ``animation``: ``{"clip": id, "frame": n, "frames": N, "loop": bool}``,
+    this request being frame n (1-based) of N of the clip (docs/PROTOCOL.md)."""
+    if not isinstance(anim, dict):
+        raise bad(f"'animation' must be null or an object, not {excerpt(anim)}")
+    if not is_valid_id(anim.get("clip")):
+        raise bad(f"'animation.clip' must be a string of at most {MAX_ID_CHARS} characters or a "
+                  f"finite number, not {excerpt(anim.get('clip'))}")
+    frames, frame = anim.get("frames"), anim.get("frame")
+    if not (_is_int(frames) and 2 <= frames <= MAX_ANIMATION_FRAMES):
+        raise bad(f"'animation.frames' must be a whole number from 2 to {MAX_ANIMATION_FRAMES}, "
+                  f"not {excerpt(frames)}")
+    if not (_is_int(frame) and 1 <= frame <= frames):
+        raise bad(f"'animation.frame' must be a whole number from 1 to {frames}, not "
+                  f"{excerpt(frame)}")
+    if not isinstance(anim.get("loop", False), bool):
+        raise bad(f"'animation.loop' must be true or false, not {excerpt(anim.get('loop'))}")
 
 
 def _images_size(images: Any, bad) -> int:

@@ -66,6 +66,7 @@ class Session:
         self.stopping = threading.Event()
         self.exit_code = 0
         self.notices: list[str] = []  # attached to every result (e.g. unverified weights)
+        self.clip: tuple[Any, int, Any] | None = None  # animation: (clip id, frames done, state)
 
     # -------------------------------------------------------------------- sending
 
@@ -319,12 +320,41 @@ class Session:
         if device == "auto":
             device = self.args.device
         progress = ProgressThrottle(self.send, h.get("id"))
-        out = stylize(content=images[0], styles=list(zip(images[1:], weights[1:])),
-                      params=params, device=device, weights=self.args.weights,
-                      progress=progress, cancel=cancel)
+        styles = list(zip(images[1:], weights[1:]))
+        if h.get("animation") is not None:
+            out = self._frame(h["animation"], images[0], styles, params, device, progress,
+                              cancel)
+        else:
+            out = stylize(content=images[0], styles=styles, params=params, device=device,
+                          weights=self.args.weights, progress=progress, cancel=cancel)
         progress.flush()
         if out.mode != "RGBA":
             out = out.convert("RGBA")
         if out.size != images[0].size:
             raise RuntimeError(f"stylize returned {out.size} for content {images[0].size}")
         return out
+
+    def _frame(self, anim: dict[str, Any], content, styles, params, device, progress, cancel):
+        """One frame of an animation (``stylize`` with ``animation``): frame 1 starts the clip
+        (its settings hold for every frame), the others must follow in order; the session keeps
+        only what the next frames need (``transfer.animation``), dropped after the last."""
+        from ..errors import InvalidInput
+        from ..transfer.animation import Animation
+
+        clip, n, total = anim["clip"], anim["frame"], anim["frames"]
+        if n == 1:
+            self.clip = None  # a new clip replaces an unfinished one
+            state = Animation(styles=styles, params=params, loop=bool(anim.get("loop")),
+                              device=device, weights=self.args.weights)
+            self.clip = (clip, 0, state)
+        if self.clip is None or self.clip[0] != clip or self.clip[1] != n - 1:
+            expected = 1 if self.clip is None or self.clip[0] != clip else self.clip[1] + 1
+            raise InvalidInput(f"Frame {n} of animation {wire.excerpt(clip)} arrived, but frame "
+                               f"{expected} was expected.", "Send an animation's frames in "
+                               "order, starting with frame 1.")
+        state = self.clip[2]
+        state.styles = styles
+        out = state.frame(content, last=n == total, progress=progress, cancel=cancel)
+        self.clip = None if n == total else (clip, n, state)
+        return out
+
