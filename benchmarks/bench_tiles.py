@@ -2,7 +2,7 @@
 the seam measure, and the memory model's bytes per pixel.
 
     python benchmarks/bench_tiles.py [--size 768] [--tile 256] [--iterations 4]
-    python benchmarks/bench_tiles.py --calibrate [--sizes 256,512,768,1024]
+    python benchmarks/bench_tiles.py --calibrate [--sizes 256,512,768,1024] [--style-losses gram]
 
 Every run is a fresh subprocess, so its peak is its own: ``getrusage`` maxrss of the whole
 process, and what the style transfer adds on top of what was resident when it started
@@ -15,7 +15,8 @@ Rows:
            tiles: ``tiles.seam_ratio`` (gradient energy in the blended bands / elsewhere) of
            each, and their quotient (1.00 = no seam; target within 2 %)
   --calibrate  bytes per pixel of one level in float32 and bfloat16 (the growth of the
-           peak between sizes), the figures ``nst_engine/memory.py`` uses
+           peak between sizes) for each ``--style-losses`` entry, the figures
+           ``nst_engine/device/memory.py`` uses
 Random VGG19 weights (made here unless --weights): real timings and memory, not real images.
 """
 
@@ -155,24 +156,28 @@ def seam_rows(args, weights: str) -> None:
 
 def calibrate(args, weights: str) -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
-    print("\n| precision | size | pixels | MB added by the run | bytes/px vs the previous size |")
-    print("|---|---|---|---|---|")
-    for bf16 in ("0", "1"):
-        prev = None
-        for size in sizes:
-            r = _run({"size": size, "weights": weights,
-                      "params": {"max_size": size, "levels": 1, "iterations": 3, "seed": 0,
-                                 "full_resolution": "never", "style_scale": 0.1}},
-                     env={"NST_ENGINE_CPU_BF16": bf16})
-            px = size * (size * 3 // 4)
-            if "error" in r:
-                print(f"| {bf16} | {size} | failed: {r['error']} | | |")
-                continue
-            slope = "" if prev is None else \
-                f"{(r['extra_mb'] - prev[1]) * 2**20 / (px - prev[0]):.0f}"
-            print(f"| {'bfloat16' if bf16 == '1' else 'float32'} | {size} | {px} | "
-                  f"{r['extra_mb']:.0f} | {slope} |", flush=True)
-            prev = (px, r["extra_mb"])
+    print("\n| style loss | precision | size | pixels | MB added by the run | "
+          "bytes/px vs the previous size |")
+    print("|---|---|---|---|---|---|")
+    for loss in args.style_losses.split(","):
+        for bf16 in ("0", "1"):
+            prev = None
+            for size in sizes:
+                r = _run({"size": size, "weights": weights,
+                          "params": {"max_size": size, "levels": 1, "iterations": 3, "seed": 0,
+                                     "full_resolution": "never", "style_scale": 0.1,
+                                     "style_loss": loss}},
+                         env={"NST_ENGINE_CPU_BF16": bf16})
+                px = size * (size * 3 // 4)
+                precision = "bfloat16" if bf16 == "1" else "float32"
+                if "error" in r:
+                    print(f"| {loss} | {precision} | {size} | failed: {r['error']} | | |")
+                    continue
+                slope = "" if prev is None else \
+                    f"{(r['extra_mb'] - prev[1]) * 2**20 / (px - prev[0]):.0f}"
+                print(f"| {loss} | {precision} | {size} | {px} | {r['extra_mb']:.0f} | "
+                      f"{slope} |", flush=True)
+                prev = (px, r["extra_mb"])
 
 
 def main() -> int:
@@ -185,6 +190,9 @@ def main() -> int:
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--only", choices=("memory", "seam"), help="one kind of row")
     ap.add_argument("--sizes", default="256,512,768,1024")
+    ap.add_argument("--style-losses", default="gram",
+                    help="--calibrate: comma-separated style losses (gram,mean_cov,"
+                         "sliced_wasserstein)")
     ap.add_argument("--weights")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -27,25 +27,50 @@ BUDGET_ENV = "NST_MEMORY_BUDGET_MB"
 #: Share of the free memory a level may plan to use: the rest is for fragmentation, other
 #: programs and the estimate's error.
 BUDGET_SHARE = {"cuda": 0.85, "mps": 0.6, "cpu": 0.5}
-#: Bytes per pixel of one optimisation step at a level, by convolution precision (key:
-#: ``str(dtype)`` of the autocast dtype, "float32" without autocast). Measured on the CPU
+#: Bytes per pixel of one optimisation step at a level, by style loss and convolution precision
+#: (key: ``str(dtype)`` of the autocast dtype, "float32" without autocast). Measured on the CPU
 #: (2-core Xeon, torch 2.14, 256-1024 px, with the heap kept for reuse during the run, see
-#: ``heap``: float32 2450-2580, bfloat16 1900-1930; benchmarks/README.md, "Memory model"),
-#: rounded up. The CUDA figures are the same graph; the engine measures them per level as it
-#: runs.
-BYTES_PER_PIXEL = {"float32": 2600.0, "torch.bfloat16": 2000.0, "torch.float16": 2000.0}
+#: ``heap``; ``benchmarks/bench_tiles.py --calibrate``, benchmarks/README.md, "Memory model"),
+#: rounded up. Gram: float32 2450-2580, bfloat16 1900-1930 (a later session: 2894 and 1926).
+#: The other losses keep more per pixel: mean/covariance a centred float32 copy of each
+#: layer's features (3573/3046, up to 3758 between neighbours), sliced Wasserstein the
+#: projections onto as many directions as channels, their sort (values and int64 indices)
+#: and the style's resampled quantiles (5150/4863). float16 (CUDA only) uses bfloat16's. The
+#: CUDA figures are the same graph; the engine measures them per level as it runs.
+BYTES_PER_PIXEL = {
+    "gram": {"float32": 2600.0, "torch.bfloat16": 2000.0, "torch.float16": 2000.0},
+    "mean_cov": {"float32": 3600.0, "torch.bfloat16": 3800.0, "torch.float16": 3800.0},
+    "sliced_wasserstein": {"float32": 5200.0, "torch.bfloat16": 4900.0,
+                           "torch.float16": 4900.0},
+}
 #: What a level needs besides its pixels: the model, the style targets, oneDNN's bf16 weight
 #: copies (measured: 80-250 MB at 256 px).
 FIXED_BYTES = 256 << 20
 #: A forward pass without gradients (the style image's statistics) needs this share of it.
 NO_GRAD_SHARE = 0.35
+#: A tiled level's canvases on the device: the canvas, its starting image and the content,
+#: 3 float32 channels each, per pixel.
+CANVAS_BYTES = 3 * 3 * 4
+#: ... kept on the device while they take at most this share of the budget (the tiles were
+#: planned on all of it; the blend's temporaries are a tile's few bands).
+CANVAS_SHARE = 0.15
+#: The final result at the content's size on the device: the resized image, the content and
+#: the recombination's temporaries for preserve-colors (float32, 3 channels each), 8-bit out.
+OUTPUT_BYTES = 6 * 3 * 4 + 3
 #: The smallest budget a measurement gives (a nearly full device still gets minimal tiles).
 MIN_BUDGET = FIXED_BYTES + (64 << 20)
 
 #: Levels smaller than this (pixels) are not used to correct the table.
 OBSERVE_MIN_PIXELS = 1 << 20
+#: After an out-of-memory error at P pixels (a whole level or a tile), nothing of more than
+#: this share of P is planned again on that device, precision and style loss in this process.
+OOM_SHARE = 0.5
 
-_observed: dict[tuple[str, str], float] = {}
+#: What this process learnt, per (device, precision, style loss): the largest bytes per pixel
+#: measured, and the fewest pixels that ran out of memory. Kept for the process's life, so a
+#: warm engine's later jobs plan with it (``forget`` is for tests).
+_observed: dict[tuple[str, str, str], float] = {}
+_failed: dict[tuple[str, str, str], int] = {}
 _observed_lock = threading.Lock()
 
 
@@ -53,21 +78,55 @@ def _precision(amp: torch.dtype | None) -> str:
     return "float32" if amp is None else str(amp)
 
 
-def bytes_per_pixel(device: torch.device, amp: torch.dtype | None) -> float:
+def _key(device: torch.device, amp: torch.dtype | None, style_loss: str) -> tuple[str, str, str]:
+    return str(device), _precision(amp), style_loss
+
+
+def bytes_per_pixel(device: torch.device, amp: torch.dtype | None,
+                    style_loss: str = "gram") -> float:
     """The table's figure, or the larger figure measured in this process on this device."""
-    key = (str(device), _precision(amp))
-    table = BYTES_PER_PIXEL.get(key[1], BYTES_PER_PIXEL["float32"])
+    key = _key(device, amp, style_loss)
+    by_precision = BYTES_PER_PIXEL.get(style_loss, BYTES_PER_PIXEL["gram"])
+    table = by_precision.get(key[1], by_precision["float32"])
     with _observed_lock:
         return max(table, _observed.get(key, 0.0))
 
 
-def observe(device: torch.device, amp: torch.dtype | None, pixels: int, peak: int) -> None:
+def observe(device: torch.device, amp: torch.dtype | None, pixels: int, peak: int,
+            style_loss: str = "gram") -> None:
     """Record a level's measured peak (bytes above what was allocated before it)."""
     if pixels < OBSERVE_MIN_PIXELS or peak <= 0:
         return  # on small levels the fixed part would pass for a per-pixel cost
-    key = (str(device), _precision(amp))
+    key = _key(device, amp, style_loss)
     with _observed_lock:
         _observed[key] = max(_observed.get(key, 0.0), peak / pixels)
+
+
+def out_of_memory(device: torch.device, amp: torch.dtype | None, pixels: int,
+                  style_loss: str = "gram") -> None:
+    """Record that ``pixels`` at once (a level or one tile) ran out of memory: from now on no
+    plan in this process holds more than ``OOM_SHARE`` of it. Without this, every later job
+    of a warm engine would plan the same size from the same table, fail, and retry in tiles."""
+    if pixels <= 0:
+        return
+    key = _key(device, amp, style_loss)
+    with _observed_lock:
+        _failed[key] = min(_failed.get(key, pixels), pixels)
+
+
+def pixel_ceiling(device: torch.device, amp: torch.dtype | None,
+                  style_loss: str = "gram") -> float:
+    """The most pixels at once a plan may hold after the out-of-memory errors seen here."""
+    with _observed_lock:
+        failed = _failed.get(_key(device, amp, style_loss))
+    return math.inf if failed is None else failed * OOM_SHARE
+
+
+def forget() -> None:
+    """Forget what this process measured and every out-of-memory error (tests)."""
+    with _observed_lock:
+        _observed.clear()
+        _failed.clear()
 
 
 def _cpu_available() -> int:
@@ -115,34 +174,52 @@ class Budget:
     """The memory a run may use per level, and what fits in it."""
 
     def __init__(self, device: torch.device, amp: torch.dtype | None,
-                 total: int | None = None) -> None:
-        self.device, self.amp = device, amp
+                 total: int | None = None, *, style_loss: str = "gram") -> None:
+        self.device, self.amp, self.style_loss = device, amp, style_loss
         self.total = budget(device) if total is None else total
         self.pixels = max(0, self.total - FIXED_BYTES)  # what the pixels may use
 
     @property
     def per_pixel(self) -> float:
-        return bytes_per_pixel(self.device, self.amp)
+        return bytes_per_pixel(self.device, self.amp, self.style_loss)
+
+    @property
+    def max_pixels(self) -> float:
+        """The most pixels one level (or tile) may have: what the budget holds, and less than
+        what ran out of memory here before."""
+        return min(self.pixels / self.per_pixel,
+                   pixel_ceiling(self.device, self.amp, self.style_loss))
 
     def fits(self, hw: tuple[int, int]) -> bool:
         """Whether a whole level of this size fits."""
-        return hw[0] * hw[1] * self.per_pixel <= self.pixels
+        return hw[0] * hw[1] <= self.max_pixels
 
     def largest_side(self, hw: tuple[int, int]) -> int:
         """The longest side of the largest level of this aspect ratio that fits untiled."""
-        pixels = self.pixels / self.per_pixel
         aspect = min(hw) / max(hw)
-        return int(math.sqrt(pixels / aspect))
+        return int(math.sqrt(self.max_pixels / aspect))
 
     def tile_side(self) -> int:
         """The longest side of the square tiles that fit."""
-        return int(math.sqrt(self.pixels / self.per_pixel))
+        return int(math.sqrt(self.max_pixels))
 
     def style_side(self, hw: tuple[int, int]) -> int:
         """The longest side a style image of this shape may have for its (gradient-free)
         statistics pass."""
-        pixels = self.pixels / (self.per_pixel * NO_GRAD_SHARE)
+        pixels = self.max_pixels / NO_GRAD_SHARE
         return int(math.sqrt(pixels * max(hw) / min(hw)))
+
+    def holds_canvas(self, hw: tuple[int, int]) -> bool:
+        """Whether a tiled level's canvas, starting image and content (``CANVAS_BYTES`` per
+        pixel) fit beside its tiles, so they stay on the device (the CPU's are always
+        there)."""
+        return (self.device.type == "cpu"
+                or hw[0] * hw[1] * CANVAS_BYTES <= self.total * CANVAS_SHARE)
+
+    def holds_output(self, hw: tuple[int, int]) -> bool:
+        """Whether the final resize to ``hw``, the colour recombination and the 8-bit result
+        (``OUTPUT_BYTES`` per pixel) fit on the device once the levels are done."""
+        return self.device.type == "cpu" or hw[0] * hw[1] * OUTPUT_BYTES <= self.total
 
 
 def is_out_of_memory(e: BaseException) -> bool:
