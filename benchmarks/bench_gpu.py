@@ -10,16 +10,21 @@ weights unless --weights (same time and memory as real ones). Prints markdown ta
               nothing back but syncs each step to time it). Engine s/iter = time between two
               read-backs / steps between them (each read-back waits for the device), the
               fastest such stretch after the first; plain = its fastest step.
+              Also: the read-back cadence reached (steps between two reads: fewest, median,
+              most; READBACK_STEPS is the most, READBACK_SECONDS cuts it shorter on a slow
+              step) and the allocator's retries and out-of-memory errors
+              (``torch.cuda.memory_stats``: num_alloc_retries, num_ooms; retries mean the
+              caching allocator had to free and retry: the plan is near the memory's edge).
   sync        torch.cuda.set_sync_debug_mode("warn") around the Adam loop, off only while the
               losses are read back: the number of synchronising calls between read-backs
-              (target 0).
+              (target 0), for every style loss (gram, mean_cov, sliced_wasserstein).
   balanced    the balanced preset on a 1600x1200 photo, in process, model loaded and one warm-up
               run first: as shipped (on a GPU: the photo's own size) and at 512 px (as before
               full resolution; before this work: 1.45 s on an H100, target <= 0.7 s).
   4000x3000   the balanced preset at full resolution (--max-size full) end to end, in process
               after a warm-up at 512 px (target <= 15 s on an H100), with its tiles if any.
   memory      peak torch.cuda.max_memory_allocated of one level per megapixel, against the
-              table in nst_engine/memory.py.
+              table in nst_engine/device/memory.py.
 """
 
 from __future__ import annotations
@@ -37,6 +42,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+#: The style losses the sync row checks: each has its own ops in the step loop.
+STYLE_LOSSES = ("gram", "mean_cov", "sliced_wasserstein")
+
+
+def cadence(stamps: list[tuple[int, float]]) -> dict:
+    """Steps between read-backs from the progress reports' (iteration, time) stamps: every
+    report follows a read-back. The first read counts from step 0."""
+    steps = [b - a for a, b in zip([0] + [i for i, _ in stamps], [i for i, _ in stamps])
+             if b > a]
+    if not steps:
+        return {"reads": 0}
+    ordered = sorted(steps)
+    return {"reads": len(steps), "steps_min": ordered[0],
+            "steps_median": ordered[len(ordered) // 2], "steps_max": ordered[-1]}
+
+
+def allocator(stats: dict) -> dict:
+    """The caching allocator's retries and out-of-memory errors from ``memory_stats()``."""
+    return {"alloc_retries": int(stats.get("num_alloc_retries", 0)),
+            "ooms": int(stats.get("num_ooms", 0))}
 
 
 def _images(w: int, h: int):
@@ -75,7 +102,8 @@ def w_engine(a: dict) -> dict:
              if i1 > i0]
     peak = torch.cuda.max_memory_allocated() - before
     return {"sec_per_iter": min(rates), "peak_mb": peak / 2**20,
-            "mb_per_mp": peak / 2**20 / (size * (size * 3 // 4) / 1e6)}
+            "mb_per_mp": peak / 2**20 / (size * (size * 3 // 4) / 1e6),
+            "cadence": cadence(stamps), **allocator(torch.cuda.memory_stats())}
 
 
 def w_plain(a: dict) -> dict:
@@ -92,7 +120,8 @@ def w_sync(a: dict) -> dict:
 
     content, style = _images(a["size"], a["size"] * 3 // 4)
     kw = dict(content=content, styles=[(style, 1.0)], device=a["device"], weights=a["weights"])
-    pipeline.stylize(params=_one_level(a["size"], 10), **kw)  # warm-up, unwatched
+    loss = a.get("style_loss", "gram")
+    pipeline.stylize(params=_one_level(a["size"], 10, style_loss=loss), **kw)  # warm-up
     real_read, real_adam = optimise.Readback.read, optimise.adam
 
     def read(self):
@@ -111,7 +140,7 @@ def w_sync(a: dict) -> dict:
     optimise.Readback.read, optimise.adam = read, adam
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipeline.stylize(params=_one_level(a["size"], a["steps"]), **kw)
+        pipeline.stylize(params=_one_level(a["size"], a["steps"], style_loss=loss), **kw)
     syncs = [str(w.message).splitlines()[0] for w in caught
              if "synchroniz" in str(w.message).lower()]
     return {"syncs": len(syncs), "first": syncs[:3]}
@@ -183,15 +212,19 @@ def main() -> int:
     import torch
 
     from nst_engine.device.memory import BYTES_PER_PIXEL
+    from nst_engine.device.resolve import device_precision
     from nst_engine.transfer.optimise import READBACK_STEPS
 
     if not torch.cuda.is_available():
         print("bench_gpu.py needs CUDA (no GPU here).", file=sys.stderr)
         return 1
     only = set((args.only or "siter,sync,balanced,full").split(","))
+    precision = device_precision(torch.device(args.device))
     print(f"# GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA "
           f"{torch.version.cuda}, Python {platform.python_version()}; read-back every "
-          f"{READBACK_STEPS['cuda']} steps; {time.strftime('%Y-%m-%d')}")
+          f"{READBACK_STEPS['cuda']} steps; {precision.name} convolutions"
+          f"{' with loss scaling' if precision.loss_scale else ''} ({precision.reason}); "
+          f"cuDNN deterministic during runs; TF32 off; {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights
         if weights is None:
@@ -199,23 +232,29 @@ def main() -> int:
             weights = str(make_random_vgg19_file(Path(tmp) / "random-vgg19.pth"))
         base = {"device": args.device, "weights": weights, "steps": args.steps}
         if "siter" in only:
-            print("\n| size | engine s/iter | plain s/iter | engine / plain | engine peak MB | "
-                  "MB per MP (table: bf16 "
-                  f"{BYTES_PER_PIXEL['torch.bfloat16'] / 2**20 * 1e6:.0f}) |")
-            print("|---|---|---|---|---|---|")
+            table = BYTES_PER_PIXEL["gram"][str(precision.dtype or "float32")]
+            print(f"\n| size | engine s/iter | plain s/iter | engine / plain | engine peak MB | "
+                  f"MB per MP (table: {table / 2**20 * 1e6:.0f}) | steps per read-back "
+                  "(min/median/max) | alloc retries | OOMs |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for size in [int(s) for s in args.sizes.split(",")]:
                 e = _run("engine", {**base, "size": size})
                 p = _run("plain", {**base, "size": size, "steps": 20})
                 if "error" in e or "error" in p:
-                    print(f"| {size} | {e.get('error', '')} | {p.get('error', '')} | | | |")
+                    print(f"| {size} | {e.get('error', '')} | {p.get('error', '')} "
+                          "| | | | | | |")
                     continue
+                c = e["cadence"]
                 print(f"| {size} | {e['sec_per_iter'] * 1e3:.2f} ms | "
                       f"{p['sec_per_iter'] * 1e3:.2f} ms | "
                       f"{e['sec_per_iter'] / p['sec_per_iter']:.2f} | {e['peak_mb']:.0f} | "
-                      f"{e['mb_per_mp']:.0f} |", flush=True)
+                      f"{e['mb_per_mp']:.0f} | {c.get('steps_min')}/{c.get('steps_median')}/"
+                      f"{c.get('steps_max')} | {e['alloc_retries']} | {e['ooms']} |",
+                      flush=True)
         if "sync" in only:
-            r = _run("sync", {**base, "size": 512, "steps": 100})
-            print(f"\nsync debug mode, 100 steps at 512 px: {r}", flush=True)
+            for loss in STYLE_LOSSES:
+                r = _run("sync", {**base, "size": 512, "steps": 100, "style_loss": loss})
+                print(f"\nsync debug mode, {loss}, 100 steps at 512 px: {r}", flush=True)
         if "balanced" in only:
             r = _run("balanced", base)
             print(f"\nbalanced on 1600x1200, in process (min of 3): {json.dumps(r)}", flush=True)

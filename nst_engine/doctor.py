@@ -73,13 +73,13 @@ def _check_torch(report: dict) -> bool:
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 devices.append({"type": "cuda", "index": i,
-                                "name": torch.cuda.get_device_name(i)})
+                                "name": torch.cuda.get_device_name(i), **_cuda_precision(i)})
         else:
             report["cuda_note"] = ("PyTorch built without CUDA" if torch.version.cuda is None
                                    else f"CUDA {torch.version.cuda} build, no usable GPU seen")
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
-            devices.append({"type": "mps", "name": "Apple Metal (MPS)"})
+            devices.append({"type": "mps", "name": "Apple Metal (MPS)", **_mps_notes()})
     except Exception as e:  # noqa: BLE001
         _problem(report, f"Probing GPUs failed: {e}", "Check the GPU driver; the CPU still "
                  "works.", fatal=False)
@@ -87,6 +87,34 @@ def _check_torch(report: dict) -> bool:
                     "threads": torch.get_num_threads()})
     report["devices"] = devices
     return True
+
+
+def _cuda_precision(index: int) -> dict[str, Any]:
+    """A CUDA device's compute capability and the precision the engine runs there, and why."""
+    from .device.resolve import cuda_precision
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    p = cuda_precision(index)
+    return {"capability": f"{major}.{minor}", "precision": p.name,
+            "loss_scaling": p.loss_scale, "why": p.reason}
+
+
+def _mps_notes() -> dict[str, Any]:
+    """What the engine does differently on Apple's GPU with this torch."""
+    from .device.resolve import device_precision, torch_version
+    from .transfer.convert import MPS_BICUBIC_TORCH, resize_on_host
+    import torch
+
+    mps = torch.device("mps")
+    host = resize_on_host(mps, down=False)
+    need = ".".join(map(str, MPS_BICUBIC_TORCH))
+    return {"precision": device_precision(mps).name, "loss_scaling": False,
+            "why": "float32 (autocast on MPS is too young across the torch versions allowed); "
+                   "default memory layout (channels-last backward is unreliable on MPS); "
+                   + (f"pyramid upsampling on the CPU (MPS has bicubic from torch {need}, "
+                      f"this is {'.'.join(map(str, torch_version()))})" if host
+                      else "bicubic upsampling on the GPU")}
 
 
 def _check_cpu_precision(report: dict, args: Any) -> None:
@@ -235,6 +263,12 @@ def _print_text(r: dict) -> None:
         print(f"devices:     {names}")
         if "cuda_note" in r:
             print(f"             (no CUDA: {r['cuda_note']})")
+        for d in r["devices"]:
+            if d["type"] != "cpu" and "precision" in d:
+                tag = d["type"] + (f":{d['index']}" if "index" in d else "")
+                scaled = " with loss scaling" if d["loss_scaling"] else ""
+                print(f"{tag + ':':<13}{d['precision']} convolutions{scaled}")
+                print(f"             why: {d['why']}")
     _print_cpu_precision(r.get("cpu_precision"))
     w = r.get("weights")
     if w:

@@ -22,10 +22,20 @@ from nst_engine.transfer import levels, tiles
 from nst_engine.transfer import objective as objective_module
 from nst_engine.transfer import pipeline as pipeline_module
 from nst_engine.errors import OutOfMemory
+from nst_engine.device import memory
 from nst_engine.device.memory import BUDGET_ENV, Budget
 from nst_engine.transfer import stylize
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory():
+    """The out-of-memory errors injected here are remembered by the process (``memory``
+    never plans that size again): forgotten after each test, so no later test plans tiles."""
+    memory.forget()
+    yield
+    memory.forget()
 
 
 def _photo(w: int, h: int, seed: int = 0) -> Image.Image:

@@ -17,6 +17,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..device.resolve import memory_format
 from .layers import INDEX, LAYERS, VGG19_CONFIG
 from .weights import PREPROCESS, VGGWeights
 
@@ -103,6 +104,15 @@ class VGGFeatures(nn.Module):
             if i in self._capture:
                 out[self._capture[i]] = x
         return out
+
+    def to(self, *args, **kwargs) -> "VGGFeatures":
+        moved = super().to(*args, **kwargs)
+        device = moved.in_mean.device
+        if memory_format(device) != torch.channels_last:
+            # MPS: the default layout (``device.resolve.memory_format``), which the engine's
+            # images have there too; channels-last convolution backward is unreliable on MPS.
+            moved.body.to(memory_format=memory_format(device))
+        return moved
 
     def train(self, mode: bool = True) -> "VGGFeatures":
         # Always eval: there is no dropout/batch-norm here, but keep the promise explicit.

@@ -1,5 +1,6 @@
 """Images between PIL and torch: 8-bit pixels in, float ``[1, C, H, W]`` in [0, 1] inside,
-8-bit out; the resize between pyramid levels."""
+8-bit out; the resize between pyramid levels, on whatever device the image is (or on the
+host where that device lacks the operation: ``resize_on_host``)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ def to_tensor(img: Image.Image) -> tuple[Tensor, Tensor | None]:
 
 
 def to_rgb_image(rgb: Tensor) -> Image.Image:
-    """``[1, 3, H, W]`` in [0, 1] -> an 8-bit RGB PIL image."""
-    # Rounded in torch (the same float32 arithmetic as numpy's, several times faster at 12 MP).
+    """``[1, 3, H, W]`` in [0, 1] (on any device) -> an 8-bit RGB PIL image."""
+    # Rounded in torch (the same float32 arithmetic as numpy's, several times faster at 12 MP),
+    # where the image is: a GPU converts while the host would wait, and a quarter of the
+    # bytes cross to the host.
     rgb8 = rgb[0].mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
-    return Image.fromarray(rgb8.permute(1, 2, 0).contiguous().numpy(), "RGB")
+    return Image.fromarray(rgb8.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
 
 
 def fill_transparent(rgb: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -45,11 +48,37 @@ def fill_transparent(rgb: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor 
     return torch.where(opaque, rgb, mean), alpha
 
 
+#: The first torch whose MPS backend has bicubic upsampling (a Metal kernel, pytorch#136123;
+#: before it ``aten::upsample_bicubic2d.out`` raises NotImplementedError on MPS).
+MPS_BICUBIC_TORCH = (2, 6)
+
+
+def resize_on_host(device: torch.device, down: bool,
+                   version: tuple[int, int] | None = None) -> bool:
+    """Whether a resize of an image on ``device`` must run on the host (the CPU).
+
+    MPS: bicubic up needs torch >= 2.6; antialiased bilinear down (``_upsample_bilinear2d_aa``)
+    was still missing from MPS in 2.6-2.7 (pytorch#141287) and no torch version with it was
+    verified here, so down always runs on the host there. Both move the same pixels the CPU
+    path computes, so the result is the CPU's; the cost is one copy each way per level.
+    """
+    if device.type != "mps":
+        return False
+    if down:
+        return True
+    from ..device.resolve import torch_version
+
+    return (version or torch_version()) < MPS_BICUBIC_TORCH
+
+
 def resize(t: Tensor, hw: tuple[int, int]) -> Tensor:
-    """Bilinear with antialiasing down, bicubic up; clamped to [0, 1]."""
+    """Bilinear with antialiasing down, bicubic up; clamped to [0, 1]. Returns a tensor on
+    ``t``'s device."""
     if tuple(t.shape[-2:]) == tuple(hw):
         return t
     down = hw[0] * hw[1] < t.shape[-2] * t.shape[-1]
+    if resize_on_host(t.device, down):
+        return resize(t.cpu(), hw).to(t.device)
     out = F.interpolate(t, size=hw, mode="bilinear" if down else "bicubic",
                         align_corners=False, antialias=down)
     return out.clamp(0, 1)

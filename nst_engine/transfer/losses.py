@@ -34,11 +34,15 @@ def opaque_pixels(feat: Tensor, mask: Tensor | None) -> Tensor:
     cols = feat.detach().float().reshape(c, -1)
     if mask is None:
         return cols
-    cover = F.interpolate(mask.float(), size=feat.shape[-2:], mode="area").reshape(-1)
+    # Area averaging is adaptive average pooling, which MPS refuses for sizes that do not
+    # divide ("input sizes must be divisible by output sizes"): there the mask is averaged on
+    # the host (once per level, a few kB).
+    src = mask.float().cpu() if mask.device.type == "mps" else mask.float()
+    cover = F.interpolate(src, size=feat.shape[-2:], mode="area").reshape(-1)
     keep = cover >= 0.5
     if not bool(keep.any()):  # a small opaque area can vanish at deep layers: keep its core
         keep = cover >= cover.max() * 0.5
-    return cols[:, keep]
+    return cols[:, keep.to(cols.device)]
 
 
 def _normalised(weights: Sequence[float]) -> list[float]:
@@ -143,18 +147,50 @@ class MeanCovLoss(nn.Module):
                 + (cov - self.cov).pow(2).mean() / self.cov_scale)
 
 
+def direction_generator(device: torch.device, seed: int,
+                        host: torch.Generator) -> torch.Generator:
+    """The generator of sliced Wasserstein's directions for a run on ``device``.
+
+    The directions are drawn anew every step for every layer: drawn on the host they would be
+    copied to the device with a wait each time. So they come from a generator on the device,
+    seeded with the run's seed: the same seed gives the same directions on the same kind of
+    device (a CUDA generator's numbers are not the CPU's). On the CPU it is the run's own
+    generator, as before, so CPU results do not change. A torch without a generator for the
+    device keeps the host's (and its copies).
+    """
+    if device.type == "cpu":
+        return host
+    try:
+        return torch.Generator(device=device).manual_seed(seed)
+    except RuntimeError:
+        return host
+
+
+def random_directions(channels: int, count: int, generator: torch.Generator | None,
+                      device: torch.device) -> Tensor:
+    """``count`` random unit vectors in ``channels`` dimensions, ``[channels, count]``, on
+    ``device``: drawn on the generator's device (no copy when that is ``device``)."""
+    gen_device = generator.device if generator is not None else device
+    dirs = torch.randn(channels, count, generator=generator, device=gen_device)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    return dirs if dirs.device == device else dirs.to(device)
+
+
 class SlicedWassersteinLoss(nn.Module):
     """Match the feature distribution along random directions (Heitz et al. 2021).
 
     Each call projects the generated and the style features onto fresh random unit directions,
     sorts both and compares them quantile by quantile; the style's sorted projections are
     resampled to the generated image's pixel count, so the two may differ in size. Several
-    styles blend by pooling pixels drawn in proportion to their weights.
+    styles blend by pooling pixels drawn in proportion to their weights. The style's pixels
+    are picked with ``generator``; the directions come from ``draws`` (default: the same),
+    which lives where the image does (``direction_generator``).
     """
 
     def __init__(self, feats: Sequence[Tensor], masks: Sequence[Tensor | None],
                  blend: Sequence[float], generator: torch.Generator | None = None,
-                 directions: int | None = None) -> None:
+                 directions: int | None = None,
+                 draws: torch.Generator | None = None) -> None:
         super().__init__()
         pools = [opaque_pixels(f, m) for f, m in zip(feats, masks)]
         total = min(SW_MAX_PIXELS, max(p.shape[1] for p in pools))
@@ -171,15 +207,14 @@ class SlicedWassersteinLoss(nn.Module):
             picked.append(cols[:, idx.to(cols.device)])
         self.register_buffer("style", torch.cat(picked, dim=1))
         self.generator = generator
+        self.draws = draws if draws is not None else generator
         self.directions = directions or self.style.shape[0]
         self.scale = float(self.style.pow(2).mean()) + _EPS
 
     def forward(self, feat: Tensor) -> Tensor:
         c = feat.shape[1]
         cols = feat.float().reshape(c, -1)
-        gen_device = self.generator.device if self.generator is not None else cols.device
-        dirs = torch.randn(c, self.directions, generator=self.generator, device=gen_device)
-        dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(cols.device)
+        dirs = random_directions(c, self.directions, self.draws, cols.device)
         mine = torch.sort(cols.t() @ dirs, dim=0).values            # [N, P]
         theirs = torch.sort(self.style.t() @ dirs, dim=0).values    # [M, P]
         if theirs.shape[0] != mine.shape[0]:
@@ -194,12 +229,15 @@ STYLE_LOSSES = {"gram": GramLoss, "mean_cov": MeanCovLoss,
 
 
 def make_style_loss(kind: str, feats: Sequence[Tensor], masks: Sequence[Tensor | None],
-                    blend: Sequence[float], generator: torch.Generator | None = None) -> nn.Module:
-    """The style loss of one layer, from each style's features, alpha mask and blend weight."""
+                    blend: Sequence[float], generator: torch.Generator | None = None,
+                    draws: torch.Generator | None = None) -> nn.Module:
+    """The style loss of one layer, from each style's features, alpha mask and blend weight
+    (``generator``: the host's, for one-off picks; ``draws``: the device's, for per-step
+    draws)."""
     if kind not in STYLE_LOSSES:
         raise ValueError(f"unknown style loss {kind!r}; choose one of {sorted(STYLE_LOSSES)}")
     if kind == "sliced_wasserstein":
-        return SlicedWassersteinLoss(feats, masks, blend, generator=generator)
+        return SlicedWassersteinLoss(feats, masks, blend, generator=generator, draws=draws)
     return STYLE_LOSSES[kind](feats, masks, blend)
 
 

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..device.resolve import memory_format
 from ..params import StyleParams
 from .losses import ContentLoss, TVLoss, make_style_loss
 
@@ -20,7 +21,8 @@ class Objective:
 
     def __init__(self, model, params: StyleParams,
                  styles: Sequence[tuple[Tensor, Tensor | None, float]],
-                 amp: torch.dtype | None, generator: torch.Generator) -> None:
+                 amp: torch.dtype | None, generator: torch.Generator,
+                 draws: torch.Generator | None = None) -> None:
         self.model, self.params, self.amp = model, params, amp
         self.content_w = normalised_layers(params.content_layers)
         self.style_w = normalised_layers(params.style_layers)
@@ -29,7 +31,7 @@ class Objective:
             masks = [m for _, m, _ in styles]
             blend = [w for _, _, w in styles]
             self.style = {l: make_style_loss(params.style_loss, [sf[l] for sf in sfs], masks,
-                                             blend, generator=generator)
+                                             blend, generator=generator, draws=draws)
                           for l in self.style_w}
         self.content: dict[str, ContentLoss] = {}
         self.tv = TVLoss()
@@ -41,10 +43,11 @@ class Objective:
             self.content = {l: ContentLoss(cf[l]) for l in self.content_w}
 
     def features(self, img: Tensor) -> dict[str, Tensor]:
-        # Channels-last, like the model's weights: oneDNN's and the tensor cores' native layout
-        # (no reorder per convolution). CPU float32: 0.80x the time of the default layout per
-        # layer; bfloat16 on AMX 0.53 vs 0.87 s per iteration at 512 px (benchmarks/README.md).
-        img = img.contiguous(memory_format=torch.channels_last)
+        # The model's layout on this device (``memory_format``): channels-last where it is
+        # oneDNN's and the tensor cores' native layout (no reorder per convolution; CPU float32:
+        # 0.80x the time of the default layout per layer; bfloat16 on AMX 0.53 vs 0.87 s per
+        # iteration at 512 px, benchmarks/README.md), the default layout on MPS.
+        img = img.contiguous(memory_format=memory_format(img.device))
         if self.amp is None:
             return self.model(img)
         with torch.autocast(img.device.type, dtype=self.amp):

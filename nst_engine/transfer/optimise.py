@@ -21,6 +21,7 @@ from ..errors import NumericalError
 from .adam import Adam
 from .objective import Objective
 from .run import RunState
+from .scaler import LossScaler
 
 #: On a GPU: optimiser steps between two reads of the losses (each read waits for the device
 #: to catch up; nothing else in the loop does). A NaN loss stops the run within this many steps.
@@ -28,6 +29,9 @@ READBACK_STEPS = {"cpu": 1, "cuda": 25, "mps": 25}
 #: ... and at most this many seconds between reads, so progress arrives ~10 times a second.
 READBACK_SECONDS = 0.1
 LOSS_NAMES = ("total", "content", "style", "tv")
+#: L-BFGS with float16 loss scaling: evaluations of one point at ever lower scales before its
+#: gradient is taken as it is (16 halvings from 2**16 reach the scale 1).
+SCALE_RETRIES = 17
 
 
 def optimise(run: RunState, objective: Objective, init: Tensor, n_steps: int,
@@ -91,11 +95,13 @@ def adam(run: RunState, x: Tensor, objective: Objective, n_steps: int,
     avg = x.detach().clone()
     keep = 1.0 - run.params.average_decay
     losses = Readback(run)
+    scaler = LossScaler(run.dev, run.precision.loss_scale)
     for i in range(n_steps):
         check_cancel()
         opt.zero_grad()
         total, parts = objective(x)
-        total.backward()
+        scaler.backward(total)
+        scaler.unscale(x)
         opt.step()
         with torch.no_grad():
             x.clamp_(0, 1)
@@ -127,17 +133,25 @@ def lbfgs(run: RunState, x: Tensor, objective: Objective, n_steps: int,
     count = 0
     best = (math.inf, x.detach().clone())
     losses = Readback(run)  # read after every evaluation: the line search needs the values
+    scaler = LossScaler(run.dev, run.precision.loss_scale)
 
     def closure():
         nonlocal count, best
         check_cancel()
         if count >= n_steps:
             raise _BudgetSpent
-        opt.zero_grad(set_to_none=True)
-        total, parts = objective(x)
+        for _ in range(SCALE_RETRIES):
+            opt.zero_grad(set_to_none=True)
+            total, parts = objective(x)
+            scaler.backward(total)
+            finite = scaler.unscale(x)
+            # The line search reads every value anyway: here an overflowed float16 gradient
+            # is evaluated again at the lowered scale rather than passed on as a zero (which
+            # L-BFGS would take for convergence).
+            if finite is None or bool(finite):
+                break
         losses.record(total, parts)
         vals = losses.read()
-        total.backward()
         if vals["total"] < best[0]:
             best = (vals["total"], x.detach().clone())
         count += 1

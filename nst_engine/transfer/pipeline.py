@@ -24,7 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..device import heap
-from ..device.memory import Budget, is_out_of_memory, observe, release_cached
+from ..device.determinism import repeatable
+from ..device.memory import Budget, is_out_of_memory, observe, out_of_memory, release_cached
 from ..device.resolve import resolve_device
 from ..errors import Cancelled, EngineError, InvalidInput, OutOfMemory
 from ..imageio import has_alpha
@@ -34,6 +35,7 @@ from ..progress import Progress
 from . import color, levels, tiles
 from .convert import fill_transparent, resize, to_rgb_image, to_tensor
 from .levels import MIN_SIDE, level_shape
+from .losses import direction_generator
 from .objective import Objective
 from .optimise import optimise
 from .run import RunState, px_text
@@ -61,7 +63,7 @@ def stylize(*, content: Image.Image,
     _check_inputs(content, styles)
     check_params(params)  # built in Python, params met no preset or override check
     dev = resolve_device(device)
-    with heap.reuse_freed_memory(dev.type == "cpu"):
+    with heap.reuse_freed_memory(dev.type == "cpu"), repeatable(dev):
         return _stylize(content, styles, params, dev, weights, weights_kind, progress,
                         check_cancel, start)
 
@@ -102,6 +104,7 @@ def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
     check_cancel()
     seed = params.seed if params.seed is not None else secrets.randbits(63)
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    draws = direction_generator(dev, seed, generator)  # per-step draws, where the image is
 
     content_rgb, content_alpha = to_tensor(content)
     style_data = [(*fill_transparent(*to_tensor(img)), float(w)) for img, w in styles]
@@ -116,13 +119,17 @@ def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
     image = None
     for level in list(run.levels):
         image = _level_with_retry(run, level, image=image, model=model, content=target_rgb,
-                                  styles=style_data, generator=generator,
+                                  styles=style_data, generator=generator, draws=draws,
                                   check_cancel=check_cancel)
 
     h0, w0 = content_rgb.shape[-2:]
-    result = resize(image.detach().float().cpu(), (h0, w0))
+    # The final resize, colour recombination and 8-bit rounding run where the image is, when
+    # the full-size result fits there (a GPU does them while the host would wait, and a
+    # quarter of the bytes cross); else on the host, as on the CPU.
+    where = image.device if run.memory.holds_output((h0, w0)) else torch.device("cpu")
+    result = resize(image.detach().float().to(where), (h0, w0))
     if params.preserve_colors:
-        result = color.recombine(result, content_rgb)
+        result = color.recombine(result, content_rgb.to(where))
     out = to_rgb_image(result)
     if content_alpha is not None:
         out.putalpha(content.convert("RGBA").getchannel("A"))
@@ -144,6 +151,9 @@ def _level_with_retry(run: RunState, level: levels.Level, **kw) -> Tensor:
                 raise
             failure = e
             traceback.clear_frames(e.__traceback__)  # the failed attempt's tensors go now
+        # Never plan this many pixels at once again in this process (later levels, later jobs
+        # of a warm engine): the table's figure was too small for this device.
+        out_of_memory(run.dev, run.amp, _largest_piece(attempt), run.params.style_loss)
         release_cached(run.dev)
         tile = None if retry else levels.smaller_tile(attempt, run.memory)
         if tile is None:
@@ -156,6 +166,12 @@ def _level_with_retry(run: RunState, level: levels.Level, **kw) -> Tensor:
         f"level {attempt.index} of {len(run.levels)}){tiled}.",
         f"Use a smaller max-size (e.g. {max(64, max(level.hw) // 2)}), fewer style layers, or "
         "device cpu.") from failure
+
+
+def _largest_piece(level: levels.Level) -> int:
+    """The most pixels one optimisation of ``level`` holds: the whole level, or its largest
+    tile."""
+    return max((t.bottom - t.top) * (t.right - t.left) for t in level.tiles)
 
 
 def _style_level(styles, hw, params: StyleParams, memory: Budget, dev: torch.device):
@@ -171,21 +187,23 @@ def _style_level(styles, hw, params: StyleParams, memory: Budget, dev: torch.dev
 
 
 def _run_level(run: RunState, level: levels.Level, *, image, model, content, styles, generator,
-               check_cancel) -> Tensor:
+               draws, check_cancel) -> Tensor:
     """Optimise one pyramid level, whole or tile by tile; returns the level's image.
 
-    A tiled level keeps its canvas and content on the CPU and moves one tile at a time to the
-    device, so the device's peak follows the tile size, not the image's.
+    A tiled level keeps its canvas and content on the device when they fit beside a tile
+    (``Budget.holds_canvas``: 36 bytes a pixel), and blends each tile there; else on the CPU,
+    moving one tile at a time to the device, so the device's peak follows the tile size, not
+    the image's.
     """
     run.level = level
     dev, params, hw = run.dev, run.params, level.hw
-    store = dev if level.tile is None else torch.device("cpu")
+    store = dev if level.tile is None or run.memory.holds_canvas(hw) else torch.device("cpu")
     measure = dev.type == "cuda" and level.tile is None
     if measure:
         allocated = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     objective = Objective(model, params, _style_level(styles, hw, params, run.memory, dev),
-                          run.amp, generator)
+                          run.amp, generator, draws)
     c_lvl = resize(content, hw).to(store)
     if image is None:
         canvas = (c_lvl.clone() if params.init == "content"
@@ -207,6 +225,7 @@ def _run_level(run: RunState, level: levels.Level, *, image, model, content, sty
             tiles.blend_into(canvas, tile, result)
         del result
     if measure:
-        observe(dev, run.amp, hw[0] * hw[1], torch.cuda.max_memory_allocated(dev) - allocated)
+        observe(dev, run.amp, hw[0] * hw[1], torch.cuda.max_memory_allocated(dev) - allocated,
+                params.style_loss)
     check_cancel()
     return canvas

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ..device.memory import Budget
-from ..device.resolve import autocast_dtype
+from ..device.resolve import device_precision
 from ..params import StyleParams
 from ..progress import Progress
 from . import levels
@@ -26,8 +26,9 @@ class RunState:
     def __init__(self, params: StyleParams, dev: torch.device, hw: tuple[int, int],
                  progress: Callable[[Progress], None] | None, start: float) -> None:
         self.params, self.dev, self.progress, self.start = params, dev, progress, start
-        self.amp = autocast_dtype(dev)
-        self.memory = Budget(dev, self.amp)
+        self.precision = device_precision(dev)
+        self.amp = self.precision.dtype
+        self.memory = Budget(dev, self.amp, style_loss=params.style_loss)
         self.levels = levels.plan(params, hw, dev, self.memory)
         self.level: levels.Level | None = None
         self.note: str | None = None
