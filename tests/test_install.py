@@ -500,12 +500,13 @@ def test_the_installer_asks_the_engine_and_carries_no_engine_code():
 def test_pip_commands():
     cmds = install_engine.pip_commands("/v/bin/python", Path("/src"), "https://x/whl/cpu")
     assert cmds[0][-4:] == ["--index-url", "https://x/whl/cpu", "torch", "torchvision"]
-    assert cmds[1][:4] == ["/v/bin/python", "-m", "pip", "install"] and cmds[1][-1] == "/src"
+    assert cmds[1][:4] == ["/v/bin/python", "-m", "pip", "install"]
+    assert cmds[1][-1] == "/src[animation]"  # OpenCV's optical flow, for animations
     assert "--force-reinstall" in cmds[2] and "--no-deps" in cmds[2]
     plain = install_engine.pip_commands("/v/bin/python", Path("/src"))
     assert len(plain) == 2 and not any("--index-url" in c for c in plain)
     editable = install_engine.pip_commands("/v/bin/python", Path("/src"), editable=True)
-    assert editable == [editable[0][:-2] + ["--editable", "/src"]]
+    assert editable == [editable[0][:-2] + ["--editable", "/src[animation]"]]
 
 
 @pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
@@ -592,7 +593,10 @@ def test_install_and_uninstall_stop_the_warm_engine(tmp_path, monkeypatch):
     folder.mkdir(mode=0o700)
     monkeypatch.setenv("NST_RUNTIME_DIR", str(folder))
     monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
-    fake = subprocess.Popen([sys.executable, "-c", FAKE_ENGINE, str(ROOT), str(folder)],
+    # It holds the lock and shows the warm engine's command line: stop_engine signals only a
+    # process it can show to be the engine, never a pid on the lock file's word.
+    fake = subprocess.Popen([sys.executable, "-c", FAKE_ENGINE, str(ROOT), str(folder),
+                             "-m", "nst_engine", "serve", "--listen", str(folder / "engine.sock")],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert fake.stdout.readline().strip() == "locked"
