@@ -93,6 +93,10 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
+#: The optional dependencies (pyproject.toml) the installer's venv gets.
+ENGINE_EXTRAS = "animation"
+
+
 def pip_commands(python: str, checkout: Path, torch_index_url: str | None = None,
                  editable: bool = False) -> list[list[str]]:
     """The pip runs that put the engine into a venv.
@@ -104,13 +108,16 @@ def pip_commands(python: str, checkout: Path, torch_index_url: str | None = None
     number, which is not what a user naming an index wants.
     """
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    # With the ``animation`` extra: OpenCV's optical flow (opencv-python-headless), which
+    # only animations need; an engine without it still does stills.
+    engine = f"{checkout}[{ENGINE_EXTRAS}]"
     cmds = []
     if torch_index_url:
         cmds.append(pip + ["--index-url", torch_index_url, "torch", "torchvision"])
     if editable:
-        cmds.append(pip + ["--editable", str(checkout)])
+        cmds.append(pip + ["--editable", engine])
     else:
-        cmds.append(pip + [str(checkout)])
+        cmds.append(pip + [engine])
         # The version number does not change with every edit: reinstall our own sources.
         cmds.append(pip + ["--no-deps", "--force-reinstall", str(checkout)])
     return cmds

@@ -3,6 +3,8 @@
 Read: any mode Pillow knows becomes RGB or RGBA (alpha kept), EXIF orientation applied, an
 embedded ICC profile converted to sRGB. Write: the format follows the extension; the file is
 written beside its destination and renamed into place, so a failure never leaves half a file.
+Animations (``read_clip``/``write_clip``): animated GIF, WebP and APNG with each frame's delay
+and the loop count.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +197,116 @@ def rescue_image(img: Image.Image, path: str | os.PathLike) -> Path | None:
             if where is not None and os.path.exists(where):
                 os.unlink(where)  # half a file is no rescue
     return None
+
+
+# --- animations ----------------------------------------------------------------------------
+
+#: Extensions an animation is written to: (Pillow format, save options).
+ANIMATION_FORMATS: dict[str, tuple[str, dict]] = {
+    ".gif": ("GIF", {"optimize": False}),
+    ".webp": ("WEBP", {"lossless": True}),
+    ".apng": ("PNG", {}),
+    ".png": ("PNG", {}),  # APNG when it has several frames
+}
+#: The delay a frame gets when its file says none (ms): GIMP's default for new frames.
+DEFAULT_DELAY_MS = 100
+
+
+@dataclass
+class Clip:
+    """An animation's frames in playing order (RGB or RGBA), each frame's delay in ms, and the
+    loop count (0 = forever, None = plays once / not said)."""
+    frames: list[Image.Image]
+    durations: list[int]
+    loop: int | None = None
+    names: list[str] | None = None  # where each frame came from (several files), else None
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """How many frames an image file holds (1 for a still); ``InvalidInput`` like
+    ``read_image`` when it cannot be opened."""
+    path = Path(path)
+    read_image_checks(path)
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InvalidInput(f"Cannot read image '{path}': {e}",
+                           "Use a PNG, JPEG, TIFF, GIF or WebP file that other programs can "
+                           "open.") from e
+
+
+def read_image_checks(path: Path) -> None:
+    """The checks ``read_image`` makes before opening: a regular file that exists."""
+    if not path.is_file():
+        if path.exists():
+            raise InvalidInput(f"Cannot read image '{path}': it is not a regular file.",
+                               "Give the path of an image file.")
+        raise InvalidInput(f"Image file not found: '{path}'.",
+                           "Check the path; it must be an existing image file.")
+
+
+def read_clip(path: str | os.PathLike) -> Clip:
+    """The frames of an animated GIF, WebP or APNG (each frame as it is shown: Pillow applies
+    the disposal and blending), with their delays and loop count."""
+    path = Path(path)
+    read_image_checks(path)
+    frames, durations = [], []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            loop = opened.info.get("loop")
+            for i in range(int(getattr(opened, "n_frames", 1) or 1)):
+                opened.seek(i)
+                opened.load()
+                delay = opened.info.get("duration")
+                durations.append(int(round(delay)) if delay else DEFAULT_DELAY_MS)
+                frame = opened.convert("RGBA")
+                frames.append(frame if frame.getchannel("A").getextrema()[0] < 255
+                              else frame.convert("RGB"))
+    except Image.DecompressionBombError:
+        raise InvalidInput(f"Cannot read '{path}': its frames are larger than this engine "
+                           "opens.", "Scale the animation down first.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InvalidInput(f"Cannot read animation '{path}': {e}",
+                           "Use a GIF, WebP or APNG file that other programs can open.") from e
+    return Clip(frames, durations, None if loop is None else int(loop))
+
+
+def is_animation_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in (".gif", ".webp", ".apng")
+
+
+def write_clip(clip: Clip, path: str | os.PathLike) -> None:
+    """Write an animated GIF / WebP / APNG atomically, with each frame's delay and the loop."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in ANIMATION_FORMATS:
+        raise InvalidInput(f"Cannot write the animation '{path}': unsupported extension "
+                           f"'{ext or '(none)'}'.",
+                           "Name it .gif, .webp or .apng, or give a folder for one file per "
+                           "frame.")
+    fmt, options = ANIMATION_FORMATS[ext]
+    alpha = any(has_alpha(f) for f in clip.frames)
+    frames = [f.convert("RGBA" if alpha else "RGB") for f in clip.frames]
+    options = dict(options, save_all=True, append_images=frames[1:],
+                   duration=list(clip.durations))
+    if clip.loop is not None:
+        options["loop"] = clip.loop
+    if fmt == "GIF":
+        options["disposal"] = 2 if alpha else 1  # each frame whole: replace, not combine
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            frames[0].save(f, format=fmt, **options)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InvalidInput(f"Cannot write '{path}': {e}",
+                           "Check that the folder is writable and the disk is not full.") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -83,9 +83,17 @@ class StyleParams:
                               kind=float, lo=0.05, hi=8.0)
     preserve_colors: bool = _key(False, "keep the content's colours; transfer luminance only",
                                  kind=bool)
+    seamless: bool = _key(False, "the result tiles: its left edge continues its right edge and "
+                          "its top its bottom (circular padding, wrapping TV loss and resizes; "
+                          "every level runs untiled); a content that does not tile itself "
+                          "keeps its own seam", kind=bool)
     seed: int | None = _key(None, "random seed; null = a new one each run", kind=int,
                             lo=0, hi=2**63 - 1, nullable=True)
     strength: float = _key(1.0, "multiplies style_weight", kind=float, lo=0.0, hi=10.0)
+    temporal_weight: float = _key(
+        200.0, "animations: weight of the temporal loss that ties each frame to the earlier "
+        "results warped by the optical flow (Ruder et al.); 0 = every frame styled on its own",
+        kind=float, lo=0.0, hi=1e9)
 
     def with_overrides(self, **overrides: Any) -> "StyleParams":
         """A copy with the given fields replaced; ``None`` values mean "keep this one"."""

@@ -1,4 +1,5 @@
-"""Random-weight VGG19 files with the real key names and shapes, for tests and demos.
+"""Random-weight VGG19 files with the real key names and shapes, and synthetic clips with a
+known motion (``synthetic_clip``), for tests, benchmarks and demos.
 
 The pretrained weights cannot be downloaded everywhere the tests run, so tests generate files
 that pass every layout check but hold random numbers. They have an unknown checksum, so the
@@ -60,6 +61,86 @@ def make_random_vgg19_file(path: str | os.PathLike, *, layout: str = "torchvisio
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(random_vgg19_state(layout=layout, seed=seed, classifier=classifier), path)
     return path
+
+
+def texture(hw: tuple[int, int], seed: int = 0, *, octaves: int = 5):
+    """A smooth multi-scale random colour texture, ``[H, W, 3]`` float32 in [0, 1] (numpy):
+    features at every scale, as the optical flow and VGG both need."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    out = np.zeros((h, w, 3), np.float32)
+    for o in range(octaves):
+        side = 4 * 2 ** o
+        small = rng.random((max(2, h * side // max(h, w)), max(2, side * w // max(h, w)), 3))
+        img = Image.fromarray((small * 255).astype(np.uint8), "RGB").resize((w, h),
+                                                                          Image.BICUBIC)
+        out += np.asarray(img, np.float32) / 255.0 / 2 ** (octaves - 1 - o) ** 0.5
+    out -= out.min(axis=(0, 1))
+    return out / out.max(axis=(0, 1))
+
+
+def _sample(tex, x, y):
+    """Bilinear lookup of ``tex`` ``[H, W, C]`` at float coordinates (clamped at the edges)."""
+    import numpy as np
+
+    h, w = tex.shape[:2]
+    x = np.clip(x, 0, w - 1.001)
+    y = np.clip(y, 0, h - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    return ((tex[y0, x0] * (1 - fx) + tex[y0, x0 + 1] * fx) * (1 - fy)
+            + (tex[y0 + 1, x0] * (1 - fx) + tex[y0 + 1, x0 + 1] * fx) * fy)
+
+
+def synthetic_clip(n: int, hw: tuple[int, int], *, seed: int = 0, pan: tuple[float, float] = (0, 0),
+                   zoom: float = 0.0, square: int | None = None,
+                   speed: tuple[float, float] = (3.0, 1.0)):
+    """Frames with a known motion: a textured background panned by ``pan`` px per frame and
+    zoomed by ``zoom`` (relative, per frame, about the centre), and a textured square of side
+    ``square`` (default a third of the shorter side) moving ``speed`` px per frame over it.
+
+    Returns ``(frames, flows, covered)``: ``n`` uint8 ``[H, W, 3]`` arrays, the true flows
+    ``flows[t]`` from frame t+1 to frame t (``[H, W, 2]`` float32 (dx, dy), the
+    ``transfer.flow`` convention, ``flows[t][p]`` = where pixel p of frame t+1 was in frame t),
+    and ``covered[t]``: bool ``[H, W]`` masks of the square in frame t.
+    """
+    import numpy as np
+
+    h, w = hw
+    side = square or min(h, w) // 3
+    margin = int(abs(pan[0]) * n + abs(pan[1]) * n + max(h, w) * (1 + zoom) ** n) + 8
+    bg = texture((h + 2 * margin, w + 2 * margin), seed)
+    fg = texture((side, side), seed + 1, octaves=3)[..., ::-1].copy()  # other colours
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+
+    def bg_coords(t):  # texture coordinates of frame t's pixels
+        s = (1 + zoom) ** -t
+        return ((xs - cx) * s + cx + margin + pan[0] * t, (ys - cy) * s + cy + margin + pan[1] * t)
+
+    def square_at(t):
+        return (w * 0.15 + speed[0] * t, h * 0.3 + speed[1] * t)
+
+    frames, flows, covered = [], [], []
+    for t in range(n):
+        u, v = bg_coords(t)
+        img = _sample(bg, u, v)
+        qx, qy = square_at(t)
+        inside = (xs >= qx) & (xs < qx + side - 1) & (ys >= qy) & (ys < qy + side - 1)
+        img[inside] = _sample(fg, xs[inside] - qx, ys[inside] - qy)
+        frames.append(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8))
+        covered.append(inside)
+        if t:
+            s_prev = (1 + zoom) ** -(t - 1)
+            px = (u - margin - pan[0] * (t - 1) - cx) / s_prev + cx
+            py = (v - margin - pan[1] * (t - 1) - cy) / s_prev + cy
+            flow = np.stack((px - xs, py - ys), axis=-1).astype(np.float32)
+            flow[inside] = (-speed[0], -speed[1])
+            flows.append(flow)
+    return frames, flows, covered
 
 
 def main(argv: list[str] | None = None) -> int:

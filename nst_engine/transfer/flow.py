@@ -1,0 +1,68 @@
+"""Optical flow between two frames: OpenCV's DIS (Kroeger et al. 2016), on the CPU.
+
+The only module that imports OpenCV (``opencv-python-headless``, the ``animation`` extra), and
+only when a flow is asked for: an engine without it does stills and says what to install
+(``require_opencv``). DIS needs no weights and takes a few ms at the sizes the optimisation runs
+at (``benchmarks/bench_animation.py``).
+
+Convention (Ruder et al.'s): ``flow(a, b)`` is the displacement from each pixel of ``a`` to
+where it is in ``b``: ``a[y, x] ~ b[y + f[y, x, 1], x + f[y, x, 0]]``, as ``[H, W, 2]`` float32
+``(dx, dy)`` in px. So ``flow(current, previous)`` warps the previous frame onto the current one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EngineError, FlowUnavailable
+
+#: What a user runs to get the flow library into the engine's Python.
+INSTALL_HINT = ("Animation needs OpenCV in the engine's Python: re-run `python install.py` (it "
+                "installs it), or `<engine python> -m pip install opencv-python-headless` "
+                "(Debian: `apt install python3-opencv`).")
+
+
+def require_opencv():
+    """The ``cv2`` module, or ``FlowUnavailable`` saying exactly what to install."""
+    try:
+        import cv2  # noqa: PLC0415 - optional: only animations need it
+    except ImportError as e:
+        raise FlowUnavailable(f"OpenCV is not installed in the engine's Python ({e}).",
+                              INSTALL_HINT) from None
+    if not hasattr(cv2, "DISOpticalFlow_create"):
+        raise FlowUnavailable(f"This OpenCV ({getattr(cv2, '__version__', '?')}) has no DIS "
+                              "optical flow.", INSTALL_HINT)
+    return cv2
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 or float in [0, 1] -> ``[H, W]`` uint8 luma, what DIS reads."""
+    a = np.asarray(rgb)
+    if a.dtype != np.uint8:
+        a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(
+        (a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114 + 0.5).astype(np.uint8))
+
+
+class Flow:
+    """DIS with one set of settings; ``__call__(a, b)`` on grey uint8 frames of one size."""
+
+    def __init__(self, preset: str = "medium") -> None:
+        cv2 = require_opencv()
+        presets = {"fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+                   "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST}
+        self._dis = cv2.DISOpticalFlow_create(presets[preset])
+        # Variational refinement on: sub-pixel accuracy away from motion boundaries.
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape != b.shape or a.ndim != 2:
+            raise ValueError(f"flow needs two grey frames of one size, got {a.shape}, {b.shape}")
+        f = self._dis.calc(a, b, None)
+        if f is None or f.shape != (*a.shape, 2) or not np.isfinite(f).all():
+            raise EngineError("The optical flow between two frames could not be computed.",
+                              "Check that the frames are images of one size; report it with "
+                              "the engine log if it persists.")
+        return f.astype(np.float32, copy=False)
