@@ -20,7 +20,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: ``args.<field>`` (None = the preset's).
 SETTING_FLAGS = (("--max-size", "max_size", "N|full"), ("--tile", "tile_size", "N"),
                  ("--iterations", "iterations", "N"), ("--strength", "strength", "X"),
-                 ("--preserve-colors", "preserve_colors", None), ("--seed", "seed", "N"))
+                 ("--preserve-colors", "preserve_colors", None), ("--seamless", "seamless", None),
+                 ("--seed", "seed", "N"))
 #: What a flag means beyond its setting's own doc.
 _FLAG_NOTES = {
     "max_size": "full = the content's own size on any device (default: the preset's; on a "

@@ -26,7 +26,8 @@ def model_for(weights: str | os.PathLike | None, weights_kind: str | None, param
     """The feature extractor for these weights, layers, pooling and device, and the weights'
     description (``VGGWeights`` without its tensors: ``verified``, ``notice``, ``kind``).
 
-    Cached in-process by (file, its size and mtime, kind, layers, pooling, device).
+    Cached in-process by (file, its size and mtime, kind, layers, pooling, circular padding
+    (``seamless``), device).
     """
     path = Path(weights) if weights is not None else default_weights_path()
     layers = tuple(sorted(set(params.content_layers) | set(params.style_layers)))
@@ -36,13 +37,13 @@ def model_for(weights: str | os.PathLike | None, weights_kind: str | None, param
     except OSError:
         stamp = None  # load_weights says what is wrong
     key = (str(path.resolve() if stamp else path), stamp, weights_kind, layers, params.pooling,
-           str(device))
+           params.seamless, str(device))
     with _cache_lock:
         if key in _model_cache:
             _model_cache.move_to_end(key)
             return _model_cache[key]
     loaded = load_weights(path, kind=weights_kind)
-    model = VGGFeatures(loaded, layers, params.pooling).to(device)
+    model = VGGFeatures(loaded, layers, params.pooling, params.seamless).to(device)
     entry = (model, replace(loaded, convs={}))
     with _cache_lock:
         _model_cache[key] = entry

@@ -23,23 +23,27 @@ from .weights import PREPROCESS, VGGWeights
 
 POOLINGS = ("max", "avg")
 
-def vgg19_features() -> nn.Sequential:
+def vgg19_features(padding_mode: str = "zeros") -> nn.Sequential:
     """``torchvision.models.vgg19().features``: the same modules at the same indices, so the
     same state-dict keys (``N.weight``, ``N.bias``). Build it under ``torch.device("meta")`` to
-    skip the random initialisation."""
+    skip the random initialisation. ``padding_mode="circular"``: the convolutions wrap around
+    the image's borders (seamless tiles; the poolings keep the wrap on sides that are
+    multiples of 16, ``levels.level_shape``)."""
     layers: list[nn.Module] = []
     channels = 3
     for v in VGG19_CONFIG:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1,
+                                 padding_mode=padding_mode), nn.ReLU(inplace=True)]
             channels = v
     return nn.Sequential(*layers)
 
 
 class VGGFeatures(nn.Module):
-    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max") -> None:
+    def __init__(self, weights: VGGWeights, layers: Iterable[str], pooling: str = "max",
+                 circular: bool = False) -> None:
         super().__init__()
         layers = list(dict.fromkeys(layers))
         unknown = [n for n in layers if n not in INDEX]
@@ -50,12 +54,13 @@ class VGGFeatures(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         self.layers = tuple(layers)
         self.pooling = pooling
+        self.circular = circular
         self.kind = weights.kind
         wanted = {INDEX[n] for n in layers}
         last = max(wanted)
 
         with torch.device("meta"):
-            full = vgg19_features()
+            full = vgg19_features("circular" if circular else "zeros")
         body = full[: last + 1]
         for i, module in enumerate(body):
             if isinstance(module, nn.MaxPool2d) and pooling == "avg":

@@ -4,6 +4,8 @@ host where that device lacks the operation: ``resize_on_host``)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -71,14 +73,39 @@ def resize_on_host(device: torch.device, down: bool,
     return (version or torch_version()) < MPS_BICUBIC_TORCH
 
 
-def resize(t: Tensor, hw: tuple[int, int]) -> Tensor:
+def resize(t: Tensor, hw: tuple[int, int], wrap: bool = False) -> Tensor:
     """Bilinear with antialiasing down, bicubic up; clamped to [0, 1]. Returns a tensor on
-    ``t``'s device."""
+    ``t``'s device.
+
+    ``wrap`` (seamless): the image is a period of a repeating pattern, so the pixels past each
+    border are those of the opposite side; the result is exactly one period of the resized
+    pattern (``wrap_margin``: pad circularly, resize, crop)."""
     if tuple(t.shape[-2:]) == tuple(hw):
         return t
     down = hw[0] * hw[1] < t.shape[-2] * t.shape[-1]
     if resize_on_host(t.device, down):
-        return resize(t.cpu(), hw).to(t.device)
+        return resize(t.cpu(), hw, wrap).to(t.device)
+    if wrap:
+        (h, w), (oh, ow) = t.shape[-2:], hw
+        ph, qh = wrap_margin(h, oh)
+        pw, qw = wrap_margin(w, ow)
+        padded = F.pad(t, (pw, pw, ph, ph), mode="circular")
+        out = F.interpolate(padded, size=(oh + 2 * qh, ow + 2 * qw),
+                            mode="bilinear" if down else "bicubic", align_corners=False,
+                            antialias=down)
+        return out[..., qh:qh + oh, qw:qw + ow].clamp(0, 1)
     out = F.interpolate(t, size=hw, mode="bilinear" if down else "bicubic",
                         align_corners=False, antialias=down)
     return out.clamp(0, 1)
+
+
+def wrap_margin(n: int, m: int) -> tuple[int, int]:
+    """``(p, q)``: pad a side of ``n`` px by ``p`` on each end so that resized to ``m`` it
+    gains exactly ``q = p * m / n`` (whole) px each end: the padded image's resize then maps
+    every pixel as the unpadded one does, shifted by ``q``. ``p`` covers the kernel's reach
+    (bicubic: 2 px; antialiased down: 2 px scaled by ``n / m``), in steps of ``n / gcd(n, m)``
+    (the smallest pad with a whole ``q``), at most ``n`` (one whole period)."""
+    step = n // math.gcd(n, m)
+    need = math.ceil(2 * max(1.0, n / m)) + 1
+    p = min(n, step * math.ceil(need / step))
+    return p, p * m // n

@@ -47,9 +47,19 @@ class Level:
         return self.steps * sum((t.bottom - t.top) * (t.right - t.left) for t in self.tiles)
 
 
-def level_shape(h: int, w: int, longest: int) -> tuple[int, int]:
+#: Seamless levels have sides that are multiples of this: VGG pools 4 times (stride 16) up to
+#: relu5_1, and a pooling keeps the wrap only on an even side.
+WRAP_MULTIPLE = 16
+
+
+def level_shape(h: int, w: int, longest: int, multiple: int = 1) -> tuple[int, int]:
+    """The size of a level of longest side ``longest`` with the aspect of ``h, w``; each side
+    a multiple of ``multiple`` (seamless: ``WRAP_MULTIPLE``)."""
     scale = longest / max(h, w)
-    return max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale))
+
+    def side(n: int) -> int:
+        return max(MIN_SIDE, multiple * round(n * scale / multiple))
+    return side(h), side(w)
 
 
 def finest_side(params: StyleParams, hw: tuple[int, int], device: torch.device,
@@ -67,11 +77,17 @@ def finest_side(params: StyleParams, hw: tuple[int, int], device: torch.device,
 def plan(params: StyleParams, hw: tuple[int, int], device: torch.device,
          memory: Budget) -> list[Level]:
     finest = finest_side(params, hw, device, memory)
+    if params.seamless:
+        # Seamless runs every level whole (tiles would need blending across the wrap): at most
+        # as large as fits untiled; the final resize brings it to the image's size, wrapping.
+        finest = min(finest, max(MIN_LONGEST, memory.largest_side(hw)))
+    multiple = WRAP_MULTIPLE if params.seamless else 1
     out = []
     for i, (size, steps) in enumerate(zip(params.level_sizes(finest),
                                           params.level_iterations(finest)), 1):
-        lhw = level_shape(*hw, size)
-        out.append(Level(i, lhw, steps, tile_for(lhw, params, memory)))
+        lhw = level_shape(*hw, size, multiple)
+        out.append(Level(i, lhw, steps,
+                         None if params.seamless else tile_for(lhw, params, memory)))
     return out
 
 

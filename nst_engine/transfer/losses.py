@@ -242,9 +242,20 @@ def make_style_loss(kind: str, feats: Sequence[Tensor], masks: Sequence[Tensor |
 
 
 class TVLoss(nn.Module):
-    """Total variation: mean squared difference of neighbouring pixels (smoothness)."""
+    """Total variation: mean squared difference of neighbouring pixels (smoothness).
+
+    ``wrap`` (seamless): the last row and column neighbour the first, so the differences
+    across the border count like any other."""
+
+    def __init__(self, wrap: bool = False) -> None:
+        super().__init__()
+        self.wrap = wrap
 
     def forward(self, img: Tensor) -> Tensor:
+        if self.wrap:
+            dy = (img.roll(-1, dims=-2) - img).pow(2).mean()
+            dx = (img.roll(-1, dims=-1) - img).pow(2).mean()
+            return dx + dy
         dy = (img[..., 1:, :] - img[..., :-1, :]).pow(2).mean()
         dx = (img[..., :, 1:] - img[..., :, :-1]).pow(2).mean()
         return dx + dy

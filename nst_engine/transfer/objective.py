@@ -34,7 +34,7 @@ class Objective:
                                              blend, generator=generator, draws=draws)
                           for l in self.style_w}
         self.content: dict[str, ContentLoss] = {}
-        self.tv = TVLoss()
+        self.tv = TVLoss(wrap=params.seamless)
 
     def set_content(self, content: Tensor) -> None:
         self.content = {}  # the previous tile's targets go before the next ones are made

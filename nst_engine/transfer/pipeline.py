@@ -127,7 +127,7 @@ def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
     # the full-size result fits there (a GPU does them while the host would wait, and a
     # quarter of the bytes cross); else on the host, as on the CPU.
     where = image.device if run.memory.holds_output((h0, w0)) else torch.device("cpu")
-    result = resize(image.detach().float().to(where), (h0, w0))
+    result = resize(image.detach().float().to(where), (h0, w0), params.seamless)
     if params.preserve_colors:
         result = color.recombine(result, content_rgb.to(where))
     out = to_rgb_image(result)
@@ -155,7 +155,9 @@ def _level_with_retry(run: RunState, level: levels.Level, **kw) -> Tensor:
         # of a warm engine): the table's figure was too small for this device.
         out_of_memory(run.dev, run.amp, _largest_piece(attempt), run.params.style_loss)
         release_cached(run.dev)
-        tile = None if retry else levels.smaller_tile(attempt, run.memory)
+        # Seamless levels run whole (``levels.plan``): no tiles to retry in.
+        tile = (None if retry or run.params.seamless
+                else levels.smaller_tile(attempt, run.memory))
         if tile is None:
             break
         attempt = run.retry(attempt, tile, done)
@@ -204,12 +206,12 @@ def _run_level(run: RunState, level: levels.Level, *, image, model, content, sty
         torch.cuda.reset_peak_memory_stats(dev)
     objective = Objective(model, params, _style_level(styles, hw, params, run.memory, dev),
                           run.amp, generator, draws)
-    c_lvl = resize(content, hw).to(store)
+    c_lvl = resize(content, hw, params.seamless).to(store)
     if image is None:
         canvas = (c_lvl.clone() if params.init == "content"
                   else torch.rand(c_lvl.shape, generator=generator).to(store))
     else:
-        canvas = resize(image.to(store), hw).clone()
+        canvas = resize(image.to(store), hw, params.seamless).clone()
     # Every tile starts from the level's starting image, not from its neighbours' results:
     # where those end, the canvas has an edge that a tile's few steps would not smooth away.
     start = canvas.clone() if level.tile is not None else canvas

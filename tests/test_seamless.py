@@ -1,0 +1,144 @@
+"""Seamless tiles (issue 25): with ``seamless`` the result wraps around exactly.
+
+The network's convolutions pad circularly, the TV loss and the resizes between levels wrap and
+the level sides are multiples of 16, so the whole engine commutes with shifts by multiples of
+VGG's stride (16 px at relu5_1): styling a content rolled by 64 px gives the result rolled by
+64 px. Without the option the borders are edges and the same checks fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from nst_engine import StyleParams, stylize
+from nst_engine.cli import SETTING_FLAGS
+from nst_engine.device.memory import Budget
+from nst_engine.model.layers import LAYERS
+from nst_engine.model.vgg import VGGFeatures
+from nst_engine.model.weights import load_weights
+from nst_engine.transfer import levels, tiles
+from nst_engine.transfer.convert import resize
+from nst_engine.transfer.losses import TVLoss
+
+SHIFT = 64  # px at the content's size: 32 px at the 64 px level, two strides of relu5_1
+
+
+def _tiling_content(n: int = 128, seed: int = 0) -> Image.Image:
+    """A content that tiles itself: waves with whole periods across the image, plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n]
+    k = 2 * np.pi / n
+    rgb = np.stack([120 + 60 * np.sin(3 * k * xx) + 30 * np.cos(5 * k * yy),
+                    120 + 60 * np.cos(4 * k * yy + 2 * k * xx),
+                    120 + 50 * np.sin(7 * k * (xx + yy))], -1)
+    rgb = rgb + rng.normal(0, 12, rgb.shape)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def _style(size: int = 64) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size]
+    rgb = 127 + 120 * np.sin(xx[..., None] / 2.5 + np.array([0, 2, 4])) * np.cos(yy[..., None] / 4)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def seam(a: np.ndarray) -> float:
+    """The seam measure of a wrapped result: rolled by half its height and width, the gradient
+    energy across the two centre lines (where its borders now meet) against the interior."""
+    h, w = a.shape[:2]
+    rolled = torch.from_numpy(np.roll(a, (h // 2, w // 2), (0, 1))).permute(2, 0, 1)
+    return tiles.seam_ratio(rolled, [(h // 2 - 1, h // 2)], [(w // 2 - 1, w // 2)])
+
+
+# ---------------------------------------------------------------- the parts
+
+@pytest.mark.parametrize("circular", [True, False])
+def test_circular_vgg_commutes_with_shifts_by_its_stride(random_weights_file, circular):
+    model = VGGFeatures(load_weights(random_weights_file), ["relu3_1", "relu5_1"], "avg",
+                        circular)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    a, b = model(x), model(x.roll((32, 48), (-2, -1)))
+    same = all(torch.allclose(a[name].roll((32 // s, 48 // s), (-2, -1)), b[name], atol=1e-4,
+                              rtol=1e-4)
+               for name, s in (("relu3_1", 4), ("relu5_1", 16)))
+    assert same is circular
+
+
+def test_wrapping_resize_is_one_period_of_the_resized_pattern():
+    t = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(1))
+    repeated = t.repeat(1, 1, 3, 3)
+    for hw in [(96, 160), (24, 40), (37, 61), (100, 33)]:
+        down = hw[0] * hw[1] < 48 * 80
+        ref = F.interpolate(repeated, size=(3 * hw[0], 3 * hw[1]),
+                            mode="bilinear" if down else "bicubic", align_corners=False,
+                            antialias=down)[..., hw[0]:2 * hw[0], hw[1]:2 * hw[1]].clamp(0, 1)
+        assert torch.allclose(resize(t, hw, wrap=True), ref, atol=1e-5), hw
+        assert not torch.allclose(resize(t, hw), ref, atol=1e-3), hw
+
+
+def test_tv_loss_wraps_across_the_border():
+    img = torch.zeros(1, 3, 8, 8)
+    img[..., :, -1] = 1.0  # an edge only where the last column meets the first
+    img[..., :, -2] = 1.0
+    assert TVLoss()(img) == pytest.approx(1 / 7)            # one edge in 7 column pairs
+    assert TVLoss(wrap=True)(img) == pytest.approx(2 / 8)   # and the one across the border
+    flat = torch.rand(1, 3, 1, 8).expand(1, 3, 8, 8)  # rows identical: no vertical change
+    assert TVLoss(wrap=True)(flat.roll(3, -1)) == pytest.approx(TVLoss(wrap=True)(flat))
+
+
+def test_seamless_levels_are_multiples_of_16_and_run_whole():
+    params = StyleParams().with_overrides(max_size=300, levels=3, tile_size=64, seamless=True)
+    cpu = torch.device("cpu")
+    plan = levels.plan(params, (237, 411), cpu, Budget(cpu, None))
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in (lvl.hw for lvl in plan))
+    assert all(lvl.tile is None for lvl in plan)
+    assert levels.level_shape(237, 411, 300) == (173, 300)   # unchanged without the option
+
+
+def test_the_setting_has_a_cli_flag_and_a_preset_key():
+    assert ("--seamless", "seamless", None) in SETTING_FLAGS
+    assert StyleParams().seamless is False
+    assert "relu5_1" in LAYERS
+
+
+# ---------------------------------------------------------------- the whole engine
+
+@pytest.fixture(scope="module")
+def runs(random_weights_file):
+    """Results (float HxWx3) for the content and the content rolled by SHIFT, without and
+    with the option: 128 px content, one 64 px level, 20 Adam steps."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NST_ENGINE_CPU_BF16", "0")  # float32: the comparison is about the wrap
+    content = _tiling_content()
+    rolled = Image.fromarray(np.roll(np.asarray(content), (SHIFT, SHIFT), (0, 1)))
+    out = {}
+    try:
+        for on in (False, True):
+            params = StyleParams().with_overrides(max_size=64, levels=1, iterations=20, seed=1,
+                                                  seamless=on)
+            out[on] = [np.asarray(stylize(content=img, styles=[(_style(), 1.0)], params=params,
+                                          device="cpu", weights=random_weights_file),
+                                  np.float32) / 255 for img in (content, rolled)]
+    finally:
+        mp.undo()
+    return out
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_styling_a_rolled_content_gives_the_result_rolled(runs, on):
+    plain, rolled = runs[on]
+    diff = np.abs(np.roll(plain, (SHIFT, SHIFT), (0, 1)) - rolled)
+    # Float rounding differs with the order of the sums over positions, and Adam's normalised
+    # steps amplify it where a gradient is near zero: a few pixels differ by a few levels.
+    # Without the option the borders move with the content: differences everywhere near them.
+    equivariant = bool(diff.mean() < 0.005 and np.mean(diff <= 2.5 / 255) > 0.95)
+    assert equivariant is on, (diff.mean(), np.mean(diff <= 2.5 / 255))
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_wrapped_result_shows_no_seam(runs, on):
+    ratio = seam(runs[on][0])
+    assert bool(abs(ratio - 1) <= 0.05) is on, ratio
