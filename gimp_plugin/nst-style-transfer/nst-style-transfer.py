@@ -178,6 +178,13 @@ class StyleTransfer(Gimp.PlugIn):
         proc.add_double_argument("style-mix", "Second style _mix",
                                  "Share of the second style: 0 = first only, 1 = second only",
                                  0.0, 1.0, 0.5, rw)
+        proc.add_boolean_argument(
+            "seamless", "Seamless tile",
+            "The result repeats without a seam: its left edge continues its right edge and its "
+            "top its bottom (for patterns and textures). A layer that does not tile itself "
+            "keeps its own seam: run Filters > Map > Tile Seamless on it first. With a "
+            "selection, the selection's bounding box is the tile.", False,
+            GObject.ParamFlags.READWRITE)
         return proc
 
 
@@ -279,7 +286,8 @@ def _dialog(procedure, image, drawables, config):
 #: The arguments whose change makes a preview out of date (max-size and iterations only
 #: matter below the preview's own schedule; a change that leaves it alone is not redone).
 PREVIEW_ARGUMENTS = ("style-layer", "preset", "strength", "max-size", "iterations",
-                     "preserve-colors", "seed", "device", "style-layer-2", "style-mix")
+                     "preserve-colors", "seed", "device", "style-layer-2", "style-mix",
+                     "seamless")
 
 
 def _attach_preview(dialog, drawables, config):
@@ -325,7 +333,7 @@ def _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, style_ca
 
     _check_arguments(drawables, config)
     layer = drawables[0]
-    region, crop = _region(layer)
+    region, crop = _region(layer, _seamless(config))
     scale = _fit_scale(crop[2], crop[3], nst_preview.PREVIEW_SIZE)
     cw, ch = _scaled(crop, scale)[2:]
     content = RGBAImage(cw, ch, _read(layer, crop, scale))
@@ -409,7 +417,7 @@ def _plan(image, drawables, config):
     _check_arguments(drawables, config)
     jobs = []
     for layer in drawables:
-        region, crop = _region(layer)
+        region, crop = _region(layer, _seamless(config))
         job = Job(layer, region, crop)
         job.name = _layer_name(config)
         job.content = _read(layer, crop)
@@ -431,14 +439,22 @@ def _check_arguments(drawables, config):
         raise UserError("Choose a style layer: the layer whose look should be transferred.")
 
 
-def _region(layer):
-    """(region, crop) in layer coordinates: what is repainted, and that plus context margin."""
+def _seamless(config):
+    """The seamless checkbox (only Filters > Style Transfer has it)."""
+    return hasattr(config.props, "seamless") and bool(config.get_property("seamless"))
+
+
+def _region(layer, seamless=False):
+    """(region, crop) in layer coordinates: what is repainted, and that plus context margin.
+    ``seamless``: no margin; the region (the selection's bounding box) is the tile that wraps."""
     ok, x, y, w, h = layer.mask_intersect()
     if not ok or w <= 0 or h <= 0:
         raise UserError(f"The selection does not touch the layer “{layer.get_name()}”. "
                         "Select part of that layer, or Select > None for the whole layer.")
     # A tiny region needs nothing special here: the engine optimises at no less than its
     # minimum working size (upscaling) and returns the region's own size.
+    if seamless:
+        return (x, y, w, h), (x, y, w, h)
     return (x, y, w, h), _widen((x, y, w, h), layer.get_width(), layer.get_height())
 
 
@@ -514,6 +530,8 @@ def _overrides(config):
         out["iterations"] = int(config.get_property("iterations"))
     if config.get_property("preserve-colors"):
         out["preserve_colors"] = True
+    if _seamless(config):
+        out["seamless"] = True
     if config.get_property("seed") >= 0:
         out["seed"] = int(config.get_property("seed"))
     return out

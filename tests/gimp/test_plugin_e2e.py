@@ -12,7 +12,8 @@ import pytest
 pytestmark = pytest.mark.gimp
 
 ARGUMENTS = ["run-mode", "image", "drawables", "style-layer", "preset", "strength", "max-size",
-             "iterations", "preserve-colors", "seed", "device", "style-layer-2", "style-mix"]
+             "iterations", "preserve-colors", "seed", "device", "style-layer-2", "style-mix",
+             "seamless"]
 NAME = "Style Transfer: quick (painting)"
 
 
