@@ -142,3 +142,15 @@ def test_styling_a_rolled_content_gives_the_result_rolled(runs, on):
 def test_the_wrapped_result_shows_no_seam(runs, on):
     ratio = seam(runs[on][0])
     assert bool(abs(ratio - 1) <= 0.05) is on, ratio
+
+
+def test_the_preview_shows_a_seamless_result_repeated_2x2():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gimp_plugin"
+                           / "nst-style-transfer"))
+    import nst_preview
+
+    a = np.arange(3 * 2 * 4, dtype=np.uint8).reshape(2, 3, 4)   # 3 wide, 2 high, RGBA
+    out = np.frombuffer(nst_preview.repeat_2x2(a.tobytes(), 3, 2), np.uint8).reshape(4, 6, 4)
+    assert np.array_equal(out, np.tile(a, (2, 2, 1)))

@@ -60,6 +60,13 @@ def preview_overrides(overrides):
     return out
 
 
+def repeat_2x2(data, width, height):
+    """An RGBA buffer repeated twice across and twice down (``2 * width`` px wide): the
+    preview of a seamless result, so the user sees where its edges meet."""
+    rows = [data[j * width * 4:(j + 1) * width * 4] * 2 for j in range(height)]
+    return b"".join(rows) * 2
+
+
 def crop_rgba(data, width, rect):
     """The ``rect`` (x, y, w, h) part of a ``width``-px-wide RGBA buffer, as bytes."""
     x, y, w, h = rect
@@ -438,6 +445,10 @@ class PreviewPane:
         GdkPixbuf = self._GdkPixbuf
         pixbuf = GdkPixbuf.Pixbuf.new_from_bytes(self._GLib.Bytes.new(data),
                                                  GdkPixbuf.Colorspace.RGB, True, 8, w, h, w * 4)
+        if job.overrides.get("seamless"):  # 2x2 repeats in the same space: no seam shows
+            pixbuf = GdkPixbuf.Pixbuf.new_from_bytes(
+                self._GLib.Bytes.new(repeat_2x2(data, w, h)), GdkPixbuf.Colorspace.RGB, True,
+                8, 2 * w, 2 * h, 8 * w).scale_simple(w, h, GdkPixbuf.InterpType.BILINEAR)
         # Transparent parts over a checkerboard, as GIMP shows them.
         flat = pixbuf.composite_color_simple(w, h, GdkPixbuf.InterpType.NEAREST, 255, 8,
                                              0x999999, 0x666666)
