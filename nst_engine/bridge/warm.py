@@ -473,12 +473,13 @@ def stop_engine(folder: Path | None = None, *, force: bool = False) -> int | Non
     if not pid:
         return None
     _signal(pid, signal.SIGKILL if force else signal.SIGTERM)
+    # Wait for the lock itself to be let go (an exiting engine soon cannot be shown to be one).
     deadline = time.monotonic() + STOP_GRACE
-    while lock.holder() and time.monotonic() < deadline:
+    while lock.holder() is not None and time.monotonic() < deadline:
         time.sleep(POLL)
-    if lock.holder():
+    if lock.holder() == pid:  # still there, and still shown to be the engine
         _signal(pid, signal.SIGKILL)
         deadline = time.monotonic() + STOP_GRACE
-        while lock.holder() and time.monotonic() < deadline:
+        while lock.holder() is not None and time.monotonic() < deadline:
             time.sleep(POLL)
     return pid

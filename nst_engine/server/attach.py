@@ -40,6 +40,9 @@ PER_RUN = -1
 
 #: A warm engine answers a connection at once (a thread of its own accepts); past this it hangs.
 WARM_HELLO_TIMEOUT = 15.0
+#: How long the lock may be held by a process not shown to be the engine (an exiting engine
+#: is briefly such a one) before this client runs a per-run engine instead.
+STRANGER_GRACE = 2.0
 
 
 def _log(msg: str) -> None:
@@ -93,6 +96,7 @@ def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float,
     child: subprocess.Popen | None = None
     deadline = time.monotonic() + timeout
     told = False
+    stranger_since: float | None = None
     while True:
         sock = connect(path)
         if sock is not None:
@@ -111,9 +115,15 @@ def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float,
         # Start one unless one is starting (it holds the lock before it listens); two relays
         # racing start two, and the one that does not get the lock exits at once (status 0).
         holder = lock.holder()
-        # Linux tells who holds the lock; elsewhere (0 = held, not shown) one may be starting.
+        # Linux tells who holds the lock (0 = held, not shown to be the engine: a stranger,
+        # or an engine in its last moments); elsewhere 0 may be one starting: wait for it.
         if holder == 0 and child is None and sys.platform.startswith("linux"):
-            raise _PerRun(f"{lock.path} is held by a process that is not the warm engine")
+            now = time.monotonic()
+            stranger_since = stranger_since or now
+            if now - stranger_since > STRANGER_GRACE:
+                raise _PerRun(f"{lock.path} is held by a process that is not the warm engine")
+        else:
+            stranger_since = None
         if (child is None or child.poll() is not None) and holder is None:
             child = _spawn_engine(serve_args, path, keep_warm, key, log_path)
         if time.monotonic() > deadline:
@@ -245,9 +255,21 @@ def _replaced(folder: Path, force: bool, why: str) -> None:
     pid = stop_engine(folder, force=force)
     if pid:
         _log(f"stopped the warm engine pid {pid}: {why}")
-    elif EngineLock(folder).holder() == 0:
+    elif _stranger_holds(folder):
         raise _PerRun(f"the warm engine should be replaced ({why}), but the process holding "
                       f"{folder / 'engine.lock'} cannot be shown to be it")
+
+
+def _stranger_holds(folder: Path) -> bool:
+    """The lock stays held, for STRANGER_GRACE s, by a process not shown to be the engine
+    (an exiting engine is such a one only for a moment)."""
+    lock = EngineLock(folder)
+    end = time.monotonic() + STRANGER_GRACE
+    while lock.holder() == 0:
+        if time.monotonic() > end:
+            return True
+        time.sleep(POLL)
+    return False
 
 
 def run(args: Any) -> int:
