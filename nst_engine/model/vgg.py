@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..device.resolve import memory_format
@@ -22,6 +23,19 @@ from .layers import INDEX, LAYERS, VGG19_CONFIG
 from .weights import PREPROCESS, VGGWeights
 
 POOLINGS = ("max", "avg")
+
+class WrapConv2d(nn.Conv2d):
+    """A 3x3 convolution whose 1 px padding wraps around (the opposite border's pixels).
+
+    ``padding_mode="circular"`` does the same arithmetic, but its ``F.pad`` returns the
+    default layout for a channels-last input, so every convolution would convert layouts
+    twice (2-5x slower on the CPU); concatenated slices keep the input's layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[..., -1:, :], x, x[..., :1, :]], dim=-2)
+        x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
 
 def vgg19_features(padding_mode: str = "zeros") -> nn.Sequential:
     """``torchvision.models.vgg19().features``: the same modules at the same indices, so the
@@ -35,8 +49,8 @@ def vgg19_features(padding_mode: str = "zeros") -> nn.Sequential:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1,
-                                 padding_mode=padding_mode), nn.ReLU(inplace=True)]
+            conv = WrapConv2d if padding_mode == "circular" else nn.Conv2d
+            layers += [conv(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             channels = v
     return nn.Sequential(*layers)
 
