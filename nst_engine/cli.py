@@ -21,7 +21,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 SETTING_FLAGS = (("--max-size", "max_size", "N|full"), ("--tile", "tile_size", "N"),
                  ("--iterations", "iterations", "N"), ("--strength", "strength", "X"),
                  ("--preserve-colors", "preserve_colors", None), ("--seamless", "seamless", None),
-                 ("--seed", "seed", "N"))
+                 ("--seed", "seed", "N"),
+                 ("--temporal-weight", "temporal_weight", "X"))
 #: What a flag means beyond its setting's own doc.
 _FLAG_NOTES = {
     "max_size": "full = the content's own size on any device (default: the preset's; on a "
@@ -66,13 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("stylize", help="repaint CONTENT in the style of one or more STYLE images")
-    s.add_argument("content", metavar="CONTENT", help="the image to repaint (PNG, JPEG, TIFF)")
+    s.add_argument("content", metavar="CONTENT", nargs="+",
+                   help="the image to repaint (PNG, JPEG, TIFF); an animated GIF/WebP/APNG; "
+                        "with --animation several frame files in playing order; several "
+                        "images without it are a batch into -o DIR")
     s.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
                    help="a style image; repeat for a blend of several")
     s.add_argument("--style-weights", metavar="W1,W2,...",
                    help="blend weights, one per --style (default: equal)")
     s.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file; the format follows the extension (.png, .jpg, .tif)")
+                   help="output file; the format follows the extension (.png, .jpg, .tif); "
+                        "for frames an animated .gif/.webp/.apng or a folder (one PNG per "
+                        "frame)")
     s.add_argument("--preset", default=None, help="preset name (see `presets`)")
     _add_setting_flags(s)
     s.add_argument("--device", choices=DEVICES, default="auto")
@@ -80,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
                                                       "cache; see `fetch-weights`)")
     s.add_argument("--weights-kind", choices=("torchvision", "caffe"),
                    help="preprocessing the weights expect, when the file does not tell")
+    s.add_argument("--animation", action="store_true",
+                   help="the frames are one animation: each is tied to the earlier ones by the "
+                        "optical flow (temporal_weight; needs OpenCV: pip install "
+                        "opencv-python-headless), so the style does not flicker")
+    s.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
+                   help="the animation loops: tie the last frame to the first too (default: "
+                        "as the input file says)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     pr = sub.add_parser("presets", help="list presets, or show one fully resolved")

@@ -56,8 +56,3 @@ class InvalidInput(EngineError):
 class FlowUnavailable(EngineError):
     """The optical-flow library (OpenCV) that animations need is missing or broken."""
     code = "flow_unavailable"
-
-
-class FrameFailed(EngineError):
-    """A frame of an animation failed; the frames before it are done (``done``)."""
-    code = "frame_failed"

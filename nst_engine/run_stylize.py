@@ -33,8 +33,9 @@ class ProgressBar:
 
     WIDTH = 28
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, label: str = "") -> None:
         self.stream, self.last, self.note = stream, 0.0, None
+        self.label = f"{label} " if label else ""  # e.g. "frame 2/5"
 
     def __call__(self, p) -> None:
         now = time.monotonic()
@@ -50,7 +51,8 @@ class ProgressBar:
         if p.note and p.note != self.note:  # once, on its own line
             self.note = p.note
             self.stream.write(f"\r{p.note}\x1b[K\n")
-        self.stream.write(f"\r{p.stage:<10} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+        bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}]"
+        self.stream.write(f"\r{self.label}{p.stage:<10} {bar} "
                           f"{p.iteration}/{p.total}{level}{loss} {_clock(p.elapsed)}{eta}\x1b[K")
         self.stream.flush()
 
@@ -89,11 +91,16 @@ def _write_or_rescue(result, output) -> list[str]:
 
 
 def run(args: Any) -> int:
+    from . import run_animation
+
     err = sys.stderr
     params = _params(args)
-    check_output(args.output)  # a bad extension or folder fails now, not after the optimisation
+    multi = run_animation.is_multi(args)  # an animation or a batch: run_animation's job
+    if not multi:
+        check_output(args.output)  # a bad extension or folder fails now, not after the work
     blend = parse_style_weights(args.style_weights, len(args.style))
-    content = read_image(args.content)
+    content = None if multi else read_image(run_animation._contents(args)[0])
+    plan = run_animation.prepare(args) if multi else None
     styles = [(read_image(path), w) for path, w in zip(args.style, blend)]
 
     from .device.resolve import resolve_device
@@ -107,6 +114,11 @@ def run(args: Any) -> int:
         print(f"notice: weights '{info.source}' are not a known VGG19 file{detail}; "
               f"{UNVERIFIED_NOTICE}.", file=err)
 
+    if multi:
+        args._styles = styles
+        return run_animation.run(args, plan, params=params, device=device,
+                                 bar_for=lambda label: ProgressBar(err, label)
+                                 if err.isatty() and not args.quiet else None)
     bar = ProgressBar(err) if err.isatty() and not args.quiet else None
     start = time.monotonic()
     try:

@@ -25,6 +25,8 @@ from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 PROC_NAME = "plug-in-nst-style-transfer"
+#: The animation procedure (nst_animation.py): Filters > Style Transfer (Animation)…
+ANIMATION_PROC = "plug-in-nst-style-transfer-animation"
 #: 8-bit non-linear RGBA: what the engine's wire format carries. GEGL converts from and to any
 #: layer type (grayscale, high bit depth) on the way.
 PIXEL_FORMAT = "R'G'B'A u8"
@@ -87,6 +89,9 @@ def _preset_listing():
     return listing
 
 
+_LISTING = []  # the listing, asked once per process (both procedures register from it)
+
+
 def _preset_choice():
     """A Gimp.Choice of the presets the engine knows, and the default; never raises.
 
@@ -94,7 +99,9 @@ def _preset_choice():
     user preset shows up after the plug-in is registered again (see docs/PLUGIN.md)."""
     default = _default_preset()
     entries = []
-    listing = _preset_listing()
+    if not _LISTING:
+        _LISTING.append(_preset_listing())
+    listing = _LISTING[0]
     try:
         default = listing.get("default") or default
         for p in listing["presets"]:
@@ -123,10 +130,11 @@ class StyleTransfer(Gimp.PlugIn):
         return False
 
     def do_query_procedures(self):
-        return [PROC_NAME]
+        return [PROC_NAME, ANIMATION_PROC]
 
     def do_create_procedure(self, name):
-        rw = GObject.ParamFlags.READWRITE
+        if name == ANIMATION_PROC:
+            return _animation_procedure(self, name)
         proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         proc.set_image_types("RGB*, GRAY*")
         proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
@@ -142,42 +150,7 @@ class StyleTransfer(Gimp.PlugIn):
             name)
         proc.set_attribution("Style Transfer for GIMP contributors",
                              "Style Transfer for GIMP contributors", "2026")
-        presets, default = _preset_choice()
-        # none_ok: with False, GIMP refuses an interactive call that has no style layer yet
-        # (a calling error before the dialog opens: checked on 3.0.4); run() asks for one.
-        proc.add_layer_argument("style-layer", "S_tyle layer",
-                                "The layer whose look (brush strokes, texture, colours) is "
-                                "transferred", True, rw)
-        proc.add_choice_argument("preset", "_Preset",
-                                 "Speed/quality preset (built-in and user presets)",
-                                 presets, default, rw)
-        proc.add_double_argument("strength", "Stre_ngth",
-                                 "How strongly the style shows (1 = the preset's balance)",
-                                 0.0, 10.0, 1.0, rw)
-        proc.add_int_argument("max-size", "Ma_x size (px, 0 = preset's, -1 = full)",
-                              "Longest side, in pixels, the optimisation runs at; the result "
-                              "is scaled to the layer. 0 = the preset's size (on a GPU: the "
-                              "region's own size as far as memory allows); -1 = the region's "
-                              "own size on any device (in tiles beyond memory; slow on a CPU)",
-                              -1, 8192, 0, rw)
-        proc.add_int_argument("iterations", "_Iterations (0 = preset's)",
-                              "Optimiser steps; more is slower and smoother. 0 = the "
-                              "preset's number", 0, 20000, 0, rw)
-        proc.add_boolean_argument("preserve-colors", "_Keep original colours",
-                                  "Transfer brightness patterns only and keep the layer's "
-                                  "colours (off = the preset's setting)", False, rw)
-        proc.add_int_argument("seed", "S_eed (-1 = random)",
-                              "Random seed, for repeatable results; -1 = a new one each run",
-                              -1, 2 ** 31 - 1, -1, rw)
-        proc.add_choice_argument("device", "_Device",
-                                 "Where the engine computes: auto = GPU when there is one",
-                                 _device_choice(), "auto", rw)
-        proc.add_layer_argument("style-layer-2", "Second st_yle layer (optional)",
-                                "A second style blended with the first; none = one style",
-                                True, rw)
-        proc.add_double_argument("style-mix", "Second style _mix",
-                                 "Share of the second style: 0 = first only, 1 = second only",
-                                 0.0, 1.0, 0.5, rw)
+        _add_style_arguments(proc)
         proc.add_boolean_argument(
             "seamless", "Seamless tile",
             "The result repeats without a seam: its left edge continues its right edge and its "
@@ -186,6 +159,81 @@ class StyleTransfer(Gimp.PlugIn):
             "selection, the selection's bounding box is the tile.", False,
             GObject.ParamFlags.READWRITE)
         return proc
+
+
+def _add_style_arguments(proc):
+    """The arguments both procedures share, in the contract's order (PRODUCT.md)."""
+    rw = GObject.ParamFlags.READWRITE
+    presets, default = _preset_choice()
+    # none_ok: with False, GIMP refuses an interactive call that has no style layer yet
+    # (a calling error before the dialog opens: checked on 3.0.4); run() asks for one.
+    proc.add_layer_argument("style-layer", "S_tyle layer",
+                            "The layer whose look (brush strokes, texture, colours) is "
+                            "transferred", True, rw)
+    proc.add_choice_argument("preset", "_Preset",
+                             "Speed/quality preset (built-in and user presets)",
+                             presets, default, rw)
+    proc.add_double_argument("strength", "Stre_ngth",
+                             "How strongly the style shows (1 = the preset's balance)",
+                             0.0, 10.0, 1.0, rw)
+    proc.add_int_argument("max-size", "Ma_x size (px, 0 = preset's, -1 = full)",
+                          "Longest side, in pixels, the optimisation runs at; the result "
+                          "is scaled to the layer. 0 = the preset's size (on a GPU: the "
+                          "region's own size as far as memory allows); -1 = the region's "
+                          "own size on any device (in tiles beyond memory; slow on a CPU)",
+                          -1, 8192, 0, rw)
+    proc.add_int_argument("iterations", "_Iterations (0 = preset's)",
+                          "Optimiser steps; more is slower and smoother. 0 = the "
+                          "preset's number", 0, 20000, 0, rw)
+    proc.add_boolean_argument("preserve-colors", "_Keep original colours",
+                              "Transfer brightness patterns only and keep the layer's "
+                              "colours (off = the preset's setting)", False, rw)
+    proc.add_int_argument("seed", "S_eed (-1 = random)",
+                          "Random seed, for repeatable results; -1 = a new one each run",
+                          -1, 2 ** 31 - 1, -1, rw)
+    proc.add_choice_argument("device", "_Device",
+                             "Where the engine computes: auto = GPU when there is one",
+                             _device_choice(), "auto", rw)
+    proc.add_layer_argument("style-layer-2", "Second st_yle layer (optional)",
+                            "A second style blended with the first; none = one style",
+                            True, rw)
+    proc.add_double_argument("style-mix", "Second style _mix",
+                             "Share of the second style: 0 = first only, 1 = second only",
+                             0.0, 1.0, 0.5, rw)
+
+
+def _animation_procedure(plugin, name):
+    """Filters > Style Transfer (Animation)…: the image's frames into a new image."""
+    rw = GObject.ParamFlags.READWRITE
+    proc = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run_animation, None)
+    proc.set_image_types("RGB*, GRAY*")
+    proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
+                              | Gimp.ProcedureSensitivityMask.DRAWABLES
+                              | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
+    proc.set_menu_label("Style Transfer (_Animation)…")
+    proc.add_menu_path("<Image>/Filters")
+    proc.set_documentation(
+        "Style every frame of an animation, without flicker, into a new image",
+        "The image's top-level layers are the frames (bottom first; a layer group is one "
+        "frame; the style layer, if it is in this image, is not a frame). Each frame is "
+        "repainted in the style of the style layer, tied to the frames before it by the "
+        "optical flow so the style does not flicker, and the result is a NEW image with one "
+        "layer per frame in the same order, named as its source (delays and (combine)/"
+        "(replace) kept). The source image is not changed.",
+        name)
+    proc.set_attribution("Style Transfer for GIMP contributors",
+                         "Style Transfer for GIMP contributors", "2026")
+    _add_style_arguments(proc)
+    proc.add_boolean_argument("loop", "_Loop",
+                              "The animation loops: tie the last frame to the first too",
+                              True, rw)
+    proc.add_double_argument("temporal-weight", "Frame _coherence (-1 = preset's, 0 = off)",
+                             "How strongly each frame keeps the earlier frames' strokes where "
+                             "the picture moves with them; 0 = every frame on its own "
+                             "(flickers); -1 = the preset's temporal_weight",
+                             -1.0, 1e6, -1.0, rw)
+    proc.add_image_return_value("new-image", "New image", "The styled animation", True, rw)
+    return proc
 
 
 # ---------------------------------------------------------------------------- run
@@ -235,6 +283,72 @@ def run(procedure, run_mode, image, drawables, config, data):
             Gimp.progress_end()
         except Exception:
             pass
+
+
+def run_animation(procedure, run_mode, image, drawables, config, data):
+    """The animation procedure (nst_animation.py): frames in, a new image out. Never raises."""
+    log_dir = None
+    try:
+        if run_mode == Gimp.RunMode.INTERACTIVE and not _plain_dialog(procedure, config):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        try:
+            client_mod, config_mod = _bridge()
+            import nst_animation
+        except Exception:
+            raise UserError("Style Transfer is not installed completely (the nst_bridge folder "
+                            "or nst_animation.py beside the plug-in is missing). Run `python "
+                            "install.py` from the Style Transfer folder.") from None
+        try:
+            cfg = config_mod.load_config()
+        except config_mod.ConfigError as e:
+            raise UserError(str(e)) from None
+        log_dir = cfg.get("log_dir") or str(config_mod.default_log_dir())
+        style = config.get_property("style-layer")
+        if style is None or not style.is_valid():
+            raise UserError("Choose a style layer: the layer whose look should be transferred.")
+        overrides = _overrides(config)
+        if config.get_property("temporal-weight") >= 0:
+            overrides["temporal_weight"] = float(config.get_property("temporal-weight"))
+        try:
+            new, notices = nst_animation.run(
+                client_mod, cfg, image, config, styles=_styles(client_mod, config),
+                preset=config.get_property("preset"), overrides=overrides,
+                device=_device(cfg, config), show=run_mode == Gimp.RunMode.INTERACTIVE)
+        except nst_animation.AnimationError as e:
+            raise UserError(str(e)) from None
+        except client_mod.EngineFailed as e:
+            raise UserError(_engine_message(e)) from None
+        for notice in notices:
+            Gimp.message(f"Style Transfer: {notice}")
+        values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        values.remove(1)
+        values.insert(1, GObject.Value(Gimp.Image, new))
+        return values
+    except UserError as e:
+        return _failure(procedure, str(e))
+    except Exception as e:
+        where = _log_traceback(log_dir)
+        return _failure(procedure, f"Style Transfer failed unexpectedly ({type(e).__name__}: "
+                                   f"{e}).{where} Please report it with that file.")
+    finally:
+        try:
+            Gimp.progress_end()
+        except Exception:
+            pass
+
+
+def _plain_dialog(procedure, config):
+    """The procedure's arguments in GIMP's own dialog (no preview); True on OK."""
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init(ANIMATION_PROC)
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Style Transfer (Animation)")
+    dialog.fill(None)
+    try:
+        return dialog.run()
+    finally:
+        dialog.destroy()
 
 
 def _failure(procedure, message):

@@ -8,8 +8,9 @@ set -euo pipefail
 suite=${1:?usage: make-tree.sh trixie|forky [ROOT]}
 root=${2:-${NST_TREE_CACHE:-$HOME/.cache/nst-style-transfer}/debian-$suite}
 stamp="$root/.nst-tree-ready"
+# python3-opencv: the optical flow of animations (the engine's `animation` extra).
 packages=(gimp python3-torch python3-torchvision python3-pil python3-numpy python3-yaml
-          python3-pytest procps xvfb xauth x11-apps imagemagick xdotool)
+          python3-opencv python3-pytest procps xvfb xauth x11-apps imagemagick xdotool)
 want="v3 ${packages[*]}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     echo "tree $root is ready"; exit 0

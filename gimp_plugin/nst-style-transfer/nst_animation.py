@@ -1,0 +1,215 @@
+"""Filters > Style Transfer (Animation)…: every frame of a GIMP animation styled, without
+flicker, into a new image. Imported by nst-style-transfer.py (install.py copies it beside).
+
+GIMP's animation convention: the image's top-level layers are the frames, the bottom one
+first, each frame's delay and disposal in its name (``Frame 2 (80ms) (replace)``); a layer
+group is one frame. Each frame is read over the image's canvas (or the selection's bounding
+box), sent to the engine as one ``stylize`` with ``animation`` {clip, frame, frames, loop}
+(docs/PROTOCOL.md), and its result becomes a layer of a NEW image, named exactly as its source
+(so the tags stay and GIMP's playback and GIF/WebP export read them), in the same order. The
+source image is only read. Standard library + gi + nst_bridge only.
+"""
+
+import time
+import uuid
+
+from gi.repository import Gegl, Gimp
+
+PROC_NAME = "plug-in-nst-style-transfer-animation"
+PIXEL_FORMAT = "R'G'B'A u8"
+#: Progress bar updates per second at most.
+PROGRESS_RATE = 8.0
+
+
+class AnimationError(Exception):
+    """A problem the user can fix, or a failure with the frames done kept; the message says."""
+
+
+def frames_of(image, config):
+    """The frames in playing order: top-level layers bottom first, style layers left out."""
+    styles = {s.get_id() for s in (config.get_property("style-layer"),
+                                   config.get_property("style-layer-2"))
+              if s is not None and s.is_valid()}
+    return [l for l in reversed(image.get_layers()) if l.get_id() not in styles]
+
+
+def region_of(image):
+    """(x, y, w, h) in image coordinates: the selection's bounding box, or the canvas."""
+    w, h = image.get_width(), image.get_height()
+    if Gimp.Selection.is_empty(image):
+        return (0, 0, w, h)
+    _, _, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+    if x2 <= x1 or y2 <= y1:
+        raise AnimationError("The selection lies outside the canvas. Select part of the "
+                             "canvas, or Select > None for whole frames.")
+    return (x1, y1, x2 - x1, y2 - y1)
+
+
+def read_frame(layer, region):
+    """The frame's pixels over ``region`` (image coordinates); transparent where the layer
+    does not reach."""
+    x, y, w, h = region
+    _, ox, oy = layer.get_offsets()
+    buf = layer.get_buffer()
+    return bytes(buf.get(Gegl.Rectangle.new(x - ox, y - oy, w, h), 1.0, PIXEL_FORMAT,
+                         Gegl.AbyssPolicy.NONE))
+
+
+class FrameProgress:
+    """GIMP's progress bar: "Frame n of N", the engine's stage and the time left (this frame's
+    ETA plus the mean time of the later frames so far for each one still to come)."""
+
+    STAGES = {"loading": "loading the model", "preparing": "preparing",
+              "optimizing": "stylizing", "done": "finishing",
+              "waiting": "waiting for another Style Transfer job"}
+
+    def __init__(self, count):
+        self.count, self.index, self.last = count, 0, 0.0
+        self.started = None
+        self.later = []  # seconds each frame after the first took
+
+    def frame(self, index):
+        now = time.monotonic()
+        if self.started is not None and self.index > 1:
+            self.later.append(now - self.started)
+        self.index, self.started = index, now
+        Gimp.progress_set_text(f"Frame {index} of {self.count}: sending")
+        Gimp.progress_update((index - 1) / self.count)
+
+    def __call__(self, p):
+        now = time.monotonic()
+        total, it = p.get("total") or 0, p.get("iteration") or 0
+        if now - self.last < 1.0 / PROGRESS_RATE and it < total:
+            return
+        self.last = now
+        text = f"Frame {self.index} of {self.count}: " + self.STAGES.get(p.get("stage"), "")
+        eta = p.get("eta")
+        if eta is not None:
+            left = self.count - self.index
+            per = (sum(self.later) / len(self.later)) if self.later else None
+            if per is not None or left == 0:
+                eta += (per or 0.0) * left
+                text += f", {_duration(eta)} left"
+            else:
+                text += f", {_duration(eta)} left for this frame"
+        Gimp.progress_set_text(text)
+        frac = it / total if total else 0.0
+        Gimp.progress_update((self.index - 1 + min(1.0, frac)) / self.count)
+
+
+def _duration(seconds):
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Result:
+    """The new image, made before the first frame is styled and filled frame by frame, so a
+    run that fails or is cancelled half-way keeps the frames done."""
+
+    def __init__(self, source, region, show):
+        x, y, w, h = region
+        gray = source.get_base_type() == Gimp.ImageBaseType.GRAY
+        self.image = Gimp.Image.new(w, h, Gimp.ImageBaseType.GRAY if gray
+                                    else Gimp.ImageBaseType.RGB)
+        self.type = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+        self.image.undo_disable()  # built here, not edited: no undo steps to keep
+        ok, xres, yres = source.get_resolution()
+        if ok:
+            self.image.set_resolution(xres, yres)
+        self.w, self.h = w, h
+        self.layers = []
+        self.display = Gimp.Display.new(self.image) if show else None
+
+    def add(self, name, pixels):
+        layer = Gimp.Layer.new(self.image, name, self.w, self.h, self.type, 100.0,
+                               Gimp.LayerMode.NORMAL)
+        self.image.insert_layer(layer, None, 0)  # above the earlier frames: playing order
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, self.w, self.h), PIXEL_FORMAT, pixels)
+        buf.flush()
+        layer.update(0, 0, self.w, self.h)
+        self.layers.append(layer)
+        Gimp.displays_flush()
+
+    def finish(self):
+        self.image.undo_enable()
+        self.image.clean_all()
+
+    def drop(self):
+        """No frame was done: the empty image goes."""
+        if self.display is not None:
+            self.display.delete()
+        else:
+            self.image.delete()
+
+
+def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show):
+    """Style every frame; returns (new image, notices). Raises AnimationError (the message
+    says which frames were kept) and nst_bridge's EngineFailed before any frame is done."""
+    from nst_bridge.retry import FreshRetry
+    from nst_bridge.wire import MAX_ANIMATION_FRAMES, RGBAImage
+
+    frames = frames_of(image, config)
+    if len(frames) < 2:
+        raise AnimationError(
+            f"This image has {len(frames)} frame(s); an animation needs at least 2. Frames are "
+            "the image's top-level layers (a layer group is one frame; the style layer is not "
+            "a frame). For a single layer use Filters > Style Transfer….")
+    if len(frames) > MAX_ANIMATION_FRAMES:
+        raise AnimationError(f"This image has {len(frames)} frames; one run styles at most "
+                             f"{MAX_ANIMATION_FRAMES}. Split the animation into parts.")
+    region = region_of(image)
+    loop = bool(config.get_property("loop"))
+    names = [f.get_name() for f in frames]
+    pixels = [read_frame(f, region) for f in frames]  # every pixel read before any work
+    w, h = region[2], region[3]
+    bar = FrameProgress(len(frames))
+    Gimp.progress_init("Style Transfer: starting the engine")
+    result = Result(image, region, show)
+    retrying = FreshRetry(lambda fresh: client_mod.EngineClient.from_config(cfg, fresh=fresh))
+    clip = {"start": 0}
+
+    def stylize_the_rest(client):
+        # A fresh engine after a dead warm one knows nothing of the clip: the frames not yet
+        # done start a new one (coherent among themselves, not with the frames before).
+        first = len(result.layers)
+        cid, n = uuid.uuid4().hex, len(frames) - first
+        for k in range(first, len(frames)):
+            bar.frame(k + 1)
+            anim = {"clip": cid, "frame": k - first + 1, "frames": max(2, n),
+                    "loop": loop and first == 0}
+            if n == 1:  # one frame left on a fresh engine: a still
+                anim = None
+            out = client.stylize(RGBAImage(w, h, pixels[k]), styles, preset=preset,
+                                 overrides=overrides, device=device, on_progress=bar,
+                                 animation=anim)
+            if (out.width, out.height) != (w, h):
+                raise AnimationError(f"The engine returned {out.width}×{out.height} px for a "
+                                     f"{w}×{h} px frame. Update Style Transfer "
+                                     "(`python install.py`).")
+            result.add(names[k], out.data)
+
+    try:
+        retrying.run(stylize_the_rest)
+        notices = list(dict.fromkeys(retrying.client.last_notices))
+    except client_mod.EngineFailed as e:
+        done = len(result.layers)
+        if not done:
+            result.drop()
+            raise
+        result.finish()
+        raise AnimationError(
+            f"Frame {done + 1} of {len(frames)} failed: {e.user_text()}\nThe {done} frame(s) "
+            "done are in the new image.") from None
+    except BaseException:
+        if result.layers:
+            result.finish()
+        else:
+            result.drop()
+        raise
+    finally:
+        retrying.close()
+    result.finish()
+    Gimp.progress_update(1.0)
+    return result.image, notices
