@@ -34,6 +34,8 @@ class Objective:
                                              blend, generator=generator, draws=draws)
                           for l in self.style_w}
         self.content: dict[str, ContentLoss] = {}
+        #: An extra term of the image (animations: ``warp.TemporalTerm``), set per tile.
+        self.extra = None
         self.tv = TVLoss(wrap=params.seamless)
 
     def set_content(self, content: Tensor) -> None:
@@ -61,7 +63,11 @@ class Objective:
         tv = self.tv(img.float())
         total = (p.content_weight * content + p.style_weight * p.strength * style
                  + p.tv_weight * tv)
-        return total, {"content": content, "style": style, "tv": tv}
+        parts = {"content": content, "style": style, "tv": tv}
+        if self.extra is not None:
+            parts["temporal"] = self.extra(img)
+            total = total + parts["temporal"]
+        return total, parts
 
 
 def normalised_layers(layers: Mapping[str, float]) -> dict[str, float]:

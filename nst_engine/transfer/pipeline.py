@@ -50,11 +50,13 @@ def stylize(*, content: Image.Image,
             weights: str | os.PathLike | None = None,
             weights_kind: str | None = None,
             progress: Callable[[Progress], None] | None = None,
-            cancel: CancelFlag = None) -> Image.Image:
+            cancel: CancelFlag = None, frame=None) -> Image.Image:
     """Repaint ``content`` in the style of ``styles`` ((image, blend weight) pairs).
 
     Returns an image of the content's size: RGBA with the content's alpha when it has one,
-    else RGB. Raises ``EngineError`` subclasses for failures a user can act on. On the CPU
+    else RGB. Raises ``EngineError`` subclasses for failures a user can act on. ``frame``: an
+    animation's ``animation.FrameHook`` (which levels run, the start image, the temporal loss,
+    the result it keeps for the next frame); None for a still. On the CPU
     with glibc, the process's heap keeps freed memory while the run lasts (``heap``: fewer
     page faults per step, a higher peak); glibc's settings are restored when it returns.
     """
@@ -65,7 +67,7 @@ def stylize(*, content: Image.Image,
     dev = resolve_device(device)
     with heap.reuse_freed_memory(dev.type == "cpu"), repeatable(dev):
         return _stylize(content, styles, params, dev, weights, weights_kind, progress,
-                        check_cancel, start)
+                        check_cancel, start, frame)
 
 
 def _cancel_check(cancel: CancelFlag) -> Callable[[], None]:
@@ -97,7 +99,7 @@ def _check_inputs(content: Image.Image, styles: Sequence[tuple[Image.Image, floa
 def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
              params: StyleParams, dev: torch.device, weights, weights_kind,
              progress: Callable[[Progress], None] | None, check_cancel: Callable[[], None],
-             start: float) -> Image.Image:
+             start: float, frame=None) -> Image.Image:
     run = RunState(params, dev, (content.height, content.width), progress, start)
     run.report("loading")
     model, _ = model_for(weights, weights_kind, params, dev)
@@ -117,10 +119,15 @@ def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
     run.report("preparing")
 
     image = None
+    if frame is not None:  # an animation's frame: its levels, start image and temporal loss
+        run.levels[:] = frame.plan(run.levels)
+        image = frame.start(dev)
     for level in list(run.levels):
         image = _level_with_retry(run, level, image=image, model=model, content=target_rgb,
                                   styles=style_data, generator=generator, draws=draws,
-                                  check_cancel=check_cancel)
+                                  check_cancel=check_cancel, frame=frame)
+    if frame is not None:
+        frame.keep(image)
 
     h0, w0 = content_rgb.shape[-2:]
     # The final resize, colour recombination and 8-bit rounding run where the image is, when
@@ -189,7 +196,7 @@ def _style_level(styles, hw, params: StyleParams, memory: Budget, dev: torch.dev
 
 
 def _run_level(run: RunState, level: levels.Level, *, image, model, content, styles, generator,
-               draws, check_cancel) -> Tensor:
+               draws, check_cancel, frame=None) -> Tensor:
     """Optimise one pyramid level, whole or tile by tile; returns the level's image.
 
     A tiled level keeps its canvas and content on the device when they fit beside a tile
@@ -215,9 +222,11 @@ def _run_level(run: RunState, level: levels.Level, *, image, model, content, sty
     # Every tile starts from the level's starting image, not from its neighbours' results:
     # where those end, the canvas has an edge that a tile's few steps would not smooth away.
     start = canvas.clone() if level.tile is not None else canvas
+    temporal = frame.term(hw, store) if frame is not None else None
     for tile in level.tiles:
         ys, xs = tile.slices
         objective.set_content(c_lvl[..., ys, xs].to(dev))
+        objective.extra = None if temporal is None else temporal.crop(ys, xs, dev)
         run.start_tile((ys.stop - ys.start) * (xs.stop - xs.start))
         result = optimise(run, objective, start[..., ys, xs].to(dev), level.steps,
                           check_cancel)
