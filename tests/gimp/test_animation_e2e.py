@@ -1,0 +1,65 @@
+"""Filters > Style Transfer (Animation)… inside a real GIMP 3.0.4 and 3.2.6: a 3-frame animation
+with different delays (the middle frame a layer group) in, a new image out with 3 frames in
+order and their tags, exported as an animated GIF by GIMP and read back with the same delays;
+the source image unchanged (scripts/animation_checks.py records, this file asserts)."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.gimp
+
+NAMES = ["Background (80ms)", "Frame 2 (120ms) (combine)", "Frame 3 (200ms) (replace)"]
+
+
+@pytest.fixture(scope="module")
+def anim(gimp):
+    gif = f"{gimp.work}/styled.gif"
+    found = gimp.run_checks("animation_checks.py", "animation checks", NST_E2E_GIF=gif)
+    found["gif"] = gimp.tree.host_path(gif)
+    return found
+
+
+def test_registered_as_a_second_procedure(anim):
+    assert anim["registered"]
+    assert anim["menu_label"] == "Style Transfer (_Animation)…"
+    assert anim["menu_paths"] == ["<Image>/Filters"]
+    assert anim["arguments"][:4] == ["run-mode", "image", "drawables", "style-layer"]
+    assert {"loop", "temporal-weight"} <= set(anim["arguments"])
+
+
+def test_frames_in_a_new_image_in_order_with_their_tags(anim):
+    assert anim["status"] == "success", anim.get("message")
+    assert anim["new_is_other_image"]
+    assert anim["new_size"] == [48, 40]
+    # Top first, as GIMP lists layers: the last frame on top, each named as its source.
+    assert [l[0] for l in anim["new_layers"]] == NAMES[::-1]
+    assert all(l[1] == [48, 40] and l[2] is None for l in anim["new_layers"])
+    assert anim["new_distinct"] == 3  # three styled frames, not one copied
+
+
+def test_the_source_image_is_untouched(anim):
+    assert anim["source_after"] == anim["source_before"]
+    assert anim["source_before"][1][2] == ["inner"]  # the group frame kept its child
+    assert anim["source_unchanged"] and anim["source_clean"]
+    assert anim["images_after"] == anim["images_before"] + 1  # the new image only
+
+
+def test_gimp_exports_it_as_an_animated_gif_with_the_same_delays(anim):
+    assert anim["export"] == "success", anim["export_options"]
+    with Image.open(anim["gif"]) as gif:
+        delays = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            delays.append(gif.info.get("duration"))
+    assert delays == [80, 120, 200]
+    # GIMP loads it back as the same three frames, delays in the names.
+    back = anim["loaded_back"][::-1]
+    assert len(back) == 3 and all(f"({ms}ms)" in n for n, ms in zip(back, (80, 120, 200)))
+
+
+def test_a_single_frame_is_refused_with_words(anim):
+    status, message = anim["single"]
+    assert status == "execution-error"
+    assert "at least 2" in message and "Filters > Style Transfer" in message
