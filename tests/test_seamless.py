@@ -143,11 +143,12 @@ def test_styling_a_rolled_content_gives_the_result_rolled(runs, on):
 
 @pytest.mark.parametrize("on", [True, False])
 def test_the_wrapped_result_shows_no_seam(runs, on):
-    # 128 px, one 64 px level of 20 steps: the measure's own noise here is about +-5 %
-    # (1.03-1.10 seen on an exact wrap); without the option the seam is many times the rest.
-    # The issue's 1 +- 0.05 is measured at 256 px (benchmarks/bench_seamless.py).
+    # 128 px, one 64 px level of 20 steps: 1.05 with the option and 2.65 without (float32, this
+    # Xeon); 1.03-1.10 were seen with the option as the code changed, so the bound sits well
+    # between the two and clear of other CPUs' rounding. The issue's 1 +- 0.05 is measured at
+    # 256 px (benchmarks/bench_seamless.py).
     ratio = seam(runs[on][0])
-    assert bool(abs(ratio - 1) <= 0.1) is on, ratio
+    assert bool(abs(ratio - 1) <= 0.25) is on, ratio
 
 
 def test_the_preview_shows_a_seamless_result_repeated_2x2():
