@@ -140,6 +140,24 @@ def check_output(path: str | os.PathLike) -> None:
                            "Choose a folder you can write to, or fix its permissions.") from None
 
 
+def _save_atomically(img: Image.Image, path: Path, folder: Path, fmt: str,
+                     options: dict) -> None:
+    """Save to a temporary file beside ``path``, then rename it over ``path``: a failed write
+    never leaves a half-written file where the user's was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **options)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except OSError as e:
+        raise InvalidInput(f"Cannot write '{path}': {e}",
+                           "Check that the folder is writable and the disk is not full.") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -162,18 +180,7 @@ def write_image(img: Image.Image, path: str | os.PathLike) -> list[str]:
     if not folder.is_dir():
         raise InvalidInput(f"Cannot write '{path}': the folder '{folder}' does not exist.",
                            "Create the folder first or choose another output path.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **options)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        raise InvalidInput(f"Cannot write '{path}': {e}",
-                           "Check that the folder is writable and the disk is not full.") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _save_atomically(img, path, folder, fmt, options)
     return notes
 
 
@@ -298,15 +305,4 @@ def write_clip(clip: Clip, path: str | os.PathLike) -> None:
     if fmt == "GIF":
         options["disposal"] = 2 if alpha else 1  # each frame whole: replace, not combine
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            frames[0].save(f, format=fmt, **options)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise InvalidInput(f"Cannot write '{path}': {e}",
-                           "Check that the folder is writable and the disk is not full.") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _save_atomically(frames[0], path, folder, fmt, options)
