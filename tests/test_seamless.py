@@ -20,6 +20,7 @@ from nst_engine.device.memory import Budget
 from nst_engine.model.layers import LAYERS
 from nst_engine.model.vgg import VGGFeatures
 from nst_engine.model.weights import load_weights
+from nst_engine.model.wrap import relu_wrap_pad, wrap_pad
 from nst_engine.transfer import levels, tiles
 from nst_engine.transfer.convert import resize
 from nst_engine.transfer.losses import TVLoss
@@ -57,6 +58,44 @@ def seam(a: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- the parts
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (1, 2, 1, 4), (1, 2, 3, 1)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_wrap_pad_is_circular_padding_with_its_gradient(shape, layout):
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=layout).requires_grad_()
+    circular = F.pad(x, (1, 1, 1, 1), mode="circular")
+    assert torch.equal(wrap_pad(x), circular)
+    assert torch.equal(relu_wrap_pad(x), F.pad(x.relu(), (1, 1, 1, 1), mode="circular"))
+    assert torch.autograd.gradcheck(wrap_pad, (x,))
+    assert torch.autograd.gradcheck(relu_wrap_pad, (x,))
+    # The convolution after it runs in the layout it was given (channels-last: the engine's).
+    assert (wrap_pad(x).is_contiguous(memory_format=torch.channels_last)
+            == (layout == torch.channels_last))
+
+
+def test_circular_vgg_is_pytorchs_circular_padding(random_weights_file):
+    model = VGGFeatures(load_weights(random_weights_file), ["relu1_1", "conv3_1", "relu4_1"],
+                        "max", circular=True)
+    reference = torch.nn.Sequential(*[
+        torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1, padding_mode="circular")
+        if isinstance(m, torch.nn.Conv2d) else m for m in model.body])
+    reference.load_state_dict(model.body.state_dict())
+    x = torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(2),
+                   requires_grad=True)
+    got = model(x)
+    h, want = model.preprocess(x), {}
+    for i, module in enumerate(reference):
+        h = module(h.clone())
+        if i in model._capture:
+            want[model._capture[i]] = h
+    def close(a, b):  # float32 rounding, relative to the largest value
+        return (a - b).abs().max() <= 1e-5 * b.abs().max()
+    assert all(close(got[name], want[name]) for name in got)
+    g1, = torch.autograd.grad(sum(v.square().sum() for v in got.values()), x)
+    g2, = torch.autograd.grad(sum(v.square().sum() for v in want.values()), x)
+    assert close(g1, g2)
+
 
 @pytest.mark.parametrize("circular", [True, False])
 def test_circular_vgg_commutes_with_shifts_by_its_stride(random_weights_file, circular):

@@ -21,36 +21,22 @@ from torch import nn
 from ..device.resolve import memory_format
 from .layers import INDEX, LAYERS, VGG19_CONFIG
 from .weights import PREPROCESS, VGGWeights
+from .wrap import relu_wrap_pad, wrap_pad
 
 POOLINGS = ("max", "avg")
 
-class WrapConv2d(nn.Conv2d):
-    """A 3x3 convolution whose 1 px padding wraps around (the opposite border's pixels).
 
-    ``padding_mode="circular"`` does the same arithmetic, but its ``F.pad`` returns the
-    default layout for a channels-last input, so every convolution would convert layouts
-    twice (2-5x slower on the CPU); concatenated slices keep the input's layout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x[..., -1:, :], x, x[..., :1, :]], dim=-2)
-        x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def vgg19_features(padding_mode: str = "zeros") -> nn.Sequential:
+def vgg19_features() -> nn.Sequential:
     """``torchvision.models.vgg19().features``: the same modules at the same indices, so the
     same state-dict keys (``N.weight``, ``N.bias``). Build it under ``torch.device("meta")`` to
-    skip the random initialisation. ``padding_mode="circular"``: the convolutions wrap around
-    the image's borders (seamless tiles; the poolings keep the wrap on sides that are
-    multiples of 16, ``levels.level_shape``)."""
+    skip the random initialisation."""
     layers: list[nn.Module] = []
     channels = 3
     for v in VGG19_CONFIG:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            conv = WrapConv2d if padding_mode == "circular" else nn.Conv2d
-            layers += [conv(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             channels = v
     return nn.Sequential(*layers)
 
@@ -74,7 +60,7 @@ class VGGFeatures(nn.Module):
         last = max(wanted)
 
         with torch.device("meta"):
-            full = vgg19_features("circular" if circular else "zeros")
+            full = vgg19_features()
         body = full[: last + 1]
         for i, module in enumerate(body):
             if isinstance(module, nn.MaxPool2d) and pooling == "avg":
@@ -117,11 +103,37 @@ class VGGFeatures(nn.Module):
         if rgb01.ndim != 4 or rgb01.shape[1] != 3:
             raise ValueError(f"expected an RGB batch [N, 3, H, W], got {tuple(rgb01.shape)}")
         x = self.preprocess(rgb01)
+        if self.circular:
+            return self._forward_wrapping(x)
         out: dict[str, torch.Tensor] = {}
         for i, module in enumerate(self.body):
             x = module(x)
             if i in self._capture:
                 out[self._capture[i]] = x
+        return out
+
+    def _forward_wrapping(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same layers with every convolution's padding wrapping around the borders
+        (seamless tiles): each convolution gets an input padded by ``model.wrap`` and pads
+        nothing itself. The poolings keep the wrap on sides that are multiples of 16
+        (``levels.level_shape``)."""
+        out: dict[str, torch.Tensor] = {}
+        body = list(self.body)
+        x = wrap_pad(x)
+        for i, module in enumerate(body):
+            conv_next = i + 1 < len(body) and isinstance(body[i + 1], nn.Conv2d)
+            if isinstance(module, nn.Conv2d):
+                x = F.conv2d(x, module.weight, module.bias)
+                feature = x
+            elif isinstance(module, nn.ReLU) and conv_next:
+                x = relu_wrap_pad(x)
+                feature = x[..., 1:-1, 1:-1]
+            else:
+                x = feature = module(x)
+                if conv_next:
+                    x = wrap_pad(x)
+            if i in self._capture:
+                out[self._capture[i]] = feature
         return out
 
     def to(self, *args, **kwargs) -> "VGGFeatures":
