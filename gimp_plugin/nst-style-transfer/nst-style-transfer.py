@@ -219,7 +219,8 @@ def _animation_procedure(plugin, name):
         "repainted in the style of the style layer, tied to the frames before it by the "
         "optical flow so the style does not flicker, and the result is a NEW image with one "
         "layer per frame in the same order, named as its source (delays and (combine)/"
-        "(replace) kept). The source image is not changed.",
+        "(replace) kept). With a selection only the selected part of each frame is "
+        "repainted, feathered edges kept. The source image is not changed.",
         name)
     proc.set_attribution("Style Transfer for GIMP contributors",
                          "Style Transfer for GIMP contributors", "2026")

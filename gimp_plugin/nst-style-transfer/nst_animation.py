@@ -6,8 +6,12 @@ first, each frame's delay and disposal in its name (``Frame 2 (80ms) (replace)``
 group is one frame. Each frame is read over the image's canvas (or the selection's bounding
 box), sent to the engine as one ``stylize`` with ``animation`` {clip, frame, frames, loop}
 (docs/PROTOCOL.md), and its result becomes a layer of a NEW image, named exactly as its source
-(so the tags stay and GIMP's playback and GIF/WebP export read them), in the same order. The
-source image is only read. Standard library + gi + nst_bridge only.
+(so the tags stay and GIMP's playback and GIF/WebP export read them), in the same order.
+
+A selection limits the region as it does for stills: the new image keeps the source's canvas,
+and each frame's layer is the source frame with the styled bounding box laid over it through
+the selection (feathered edges kept), merged by GIMP into that one layer. The source image is
+only read. Standard library + gi + nst_bridge only.
 """
 
 import time
@@ -17,6 +21,8 @@ from gi.repository import Gegl, Gimp
 
 PROC_NAME = "plug-in-nst-style-transfer-animation"
 PIXEL_FORMAT = "R'G'B'A u8"
+#: The selection's and a layer mask's pixels: linear coverage, 0..255.
+MASK_FORMAT = "Y u8"
 #: Progress bar updates per second at most.
 PROGRESS_RATE = 8.0
 
@@ -53,6 +59,19 @@ def read_frame(layer, region):
     _, ox, oy = layer.get_offsets()
     buf = layer.get_buffer()
     return bytes(buf.get(Gegl.Rectangle.new(x - ox, y - oy, w, h), 1.0, PIXEL_FORMAT,
+                         Gegl.AbyssPolicy.NONE))
+
+
+def selection_mask(image, region):
+    """The selection's coverage over ``region`` (image coordinates), one byte a pixel (0 =
+    outside, 255 = inside, feathered edges between), or None when nothing is selected."""
+    if Gimp.Selection.is_empty(image):
+        return None
+    x, y, w, h = region
+    buf = image.get_selection().get_buffer()
+    # Linear "Y u8": GIMP's masks hold linear coverage, so it goes into the new image's layer
+    # mask byte for byte.
+    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), 1.0, MASK_FORMAT,
                          Gegl.AbyssPolicy.NONE))
 
 
@@ -105,10 +124,17 @@ def _duration(seconds):
 
 class Result:
     """The new image, made before the first frame is styled and filled frame by frame, so a
-    run that fails or is cancelled half-way keeps the frames done."""
+    run that fails or is cancelled half-way keeps the frames done.
 
-    def __init__(self, source, region, show):
-        x, y, w, h = region
+    ``mask``: the selection's coverage over ``region`` (``selection_mask``), or None. Without
+    one the image is the region's size and a frame's layer is its styled pixels; with one the
+    image is the source's canvas and a frame's layer is the source frame with the styled region
+    laid over it through the selection."""
+
+    def __init__(self, source, region, show, mask=None):
+        self.region, self.mask = region, mask
+        w, h = ((source.get_width(), source.get_height()) if mask is not None
+                else region[2:])
         gray = source.get_base_type() == Gimp.ImageBaseType.GRAY
         self.image = Gimp.Image.new(w, h, Gimp.ImageBaseType.GRAY if gray
                                     else Gimp.ImageBaseType.RGB)
@@ -121,16 +147,41 @@ class Result:
         self.layers = []
         self.display = Gimp.Display.new(self.image) if show else None
 
-    def add(self, name, pixels):
-        layer = Gimp.Layer.new(self.image, name, self.w, self.h, self.type, 100.0,
-                               Gimp.LayerMode.NORMAL)
-        self.image.insert_layer(layer, None, 0)  # above the earlier frames: playing order
-        buf = layer.get_buffer()
-        buf.set(Gegl.Rectangle.new(0, 0, self.w, self.h), PIXEL_FORMAT, pixels)
-        buf.flush()
-        layer.update(0, 0, self.w, self.h)
+    def add(self, name, styled, whole=None):
+        """A frame's layer on top of the earlier ones (playing order), named ``name``.
+        ``styled``: the region's styled pixels; ``whole``: the source frame over the canvas
+        (needed with a mask)."""
+        if self.mask is None:
+            layer = self._new_layer(name, (0, 0, self.w, self.h), styled)
+        else:
+            layer = self._composite(name, styled, whole)
         self.layers.append(layer)
         Gimp.displays_flush()
+
+    def _new_layer(self, name, rect, pixels):
+        """A layer at ``rect`` (image coordinates) holding ``pixels``, on top of the stack."""
+        x, y, w, h = rect
+        layer = Gimp.Layer.new(self.image, name, w, h, self.type, 100.0, Gimp.LayerMode.NORMAL)
+        self.image.insert_layer(layer, None, 0)
+        layer.set_offsets(x, y)
+        _write(layer, (0, 0, w, h), PIXEL_FORMAT, pixels)
+        return layer
+
+    def _composite(self, name, styled, whole):
+        """The source frame, the styled region over it through a mask made of the selection's
+        coverage (feathering kept: a mask is opacity, not a cut-out), merged into one layer by
+        GIMP, so the compositing is GIMP's own."""
+        self._new_layer(name, (0, 0, self.w, self.h), whole)
+        above = self._new_layer("styled region", self.region, styled)
+        mask = above.create_mask(Gimp.AddMaskType.WHITE)
+        above.add_mask(mask)
+        _write(mask, (0, 0, self.region[2], self.region[3]), MASK_FORMAT, self.mask)
+        merged = self.image.merge_down(above, Gimp.MergeType.CLIP_TO_BOTTOM_LAYER)
+        if merged is None:
+            raise AnimationError("GIMP could not merge a styled frame with its source frame.")
+        if merged.get_name() != name:  # GIMP names it after the lower layer; made sure
+            merged.set_name(name)
+        return merged
 
     def finish(self):
         self.image.undo_enable()
@@ -142,6 +193,15 @@ class Result:
             self.display.delete()
         else:
             self.image.delete()
+
+
+def _write(drawable, rect, fmt, data):
+    """``data`` (``fmt``) into ``rect`` of the drawable's own coordinates, shown at once."""
+    x, y, w, h = rect
+    buf = drawable.get_buffer()
+    buf.set(Gegl.Rectangle.new(x, y, w, h), fmt, data)
+    buf.flush()
+    drawable.update(x, y, w, h)
 
 
 def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show):
@@ -160,13 +220,18 @@ def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, sh
         raise AnimationError(f"This image has {len(frames)} frames; one run styles at most "
                              f"{MAX_ANIMATION_FRAMES}. Split the animation into parts.")
     region = region_of(image)
+    mask = selection_mask(image, region)
     loop = bool(config.get_property("loop"))
     names = [f.get_name() for f in frames]
-    pixels = [read_frame(f, region) for f in frames]  # every pixel read before any work
+    # Every pixel read before any work; with a selection also the whole frames, which the
+    # styled region is laid over.
+    pixels = [read_frame(f, region) for f in frames]
+    canvas = (0, 0, image.get_width(), image.get_height())
+    wholes = [read_frame(f, canvas) if mask is not None else None for f in frames]
     w, h = region[2], region[3]
     bar = FrameProgress(len(frames))
     Gimp.progress_init("Style Transfer: starting the engine")
-    result = Result(image, region, show)
+    result = Result(image, region, show, mask)
     retrying = FreshRetry(lambda fresh: client_mod.EngineClient.from_config(cfg, fresh=fresh))
     clip = {"start": 0}
 
@@ -188,7 +253,7 @@ def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, sh
                 raise AnimationError(f"The engine returned {out.width}×{out.height} px for a "
                                      f"{w}×{h} px frame. Update Style Transfer "
                                      "(`python install.py`).")
-            result.add(names[k], out.data)
+            result.add(names[k], out.data, wholes[k])
 
     try:
         retrying.run(stylize_the_rest)

@@ -1,7 +1,9 @@
 """Filters > Style Transfer (Animation)… inside a real GIMP 3.0.4 and 3.2.6: a 3-frame animation
 with different delays (the middle frame a layer group) in, a new image out with 3 frames in
 order and their tags, exported as an animated GIF by GIMP and read back with the same delays;
-the source image unchanged (scripts/animation_checks.py records, this file asserts)."""
+the source image unchanged; with a feathered selection, the new image the canvas's size and
+each frame its source with the styled region laid over it through the selection
+(scripts/animation_checks.py records, this file asserts)."""
 
 from __future__ import annotations
 
@@ -63,3 +65,28 @@ def test_a_single_frame_is_refused_with_words(anim):
     status, message = anim["single"]
     assert status == "execution-error"
     assert "at least 2" in message and "Filters > Style Transfer" in message
+
+
+def test_a_selection_limits_the_region_as_it_does_for_stills(anim):
+    r = anim["selected"]
+    assert r["status"] == "success", r["message"]
+    # The ellipse's corners are inside its bounding box but not selected: a bounding box
+    # pasted as a rectangle would change them.
+    assert r["bbox"][2:] != [48, 40] and r["bbox_unselected"] > 20, r["bbox"]
+    # The canvas's size (not the bounding box's), one layer per frame, named as its source.
+    assert r["new_size"] == [48, 40]
+    assert [l[0] for l in r["new_layers"]] == NAMES[::-1]
+    assert all(l[1] == [48, 40] for l in r["new_layers"])
+    for frame in r["changes"]:  # {bucket: [pixels, changed, mean largest difference]}
+        n_out, changed_out, _ = frame["out"]
+        assert n_out > 300 and changed_out == 0, frame  # outside: the source frame's pixels
+        n_in, changed_in, diff_in = frame["in"]
+        assert n_in > 100 and changed_in > 0.8 * n_in, frame  # inside: styled
+        # Feathered edges kept: partly selected pixels change, less where less is selected.
+        assert frame["low"][1] > 0 and frame["high"][1] > 0, frame
+        assert frame["low"][2] < frame["high"][2] and frame["low"][2] < diff_in, frame
+
+
+def test_a_selected_run_leaves_the_source_and_its_selection_alone(anim):
+    r = anim["selected"]
+    assert r["source_unchanged"] and r["selection_unchanged"] and r["source_clean"]

@@ -1,12 +1,14 @@
 # Runs inside GIMP (python-fu-eval): the animation procedure on a 3-frame animation (the second
 # frame a layer group), the style layer in another image. Records the new image's frames, the
 # source image before and after, and exports the result as an animated GIF by GIMP's own
-# exporter (read back by the pytest side and loaded back here).
+# exporter (read back by the pytest side and loaded back here). Then once more with a feathered
+# ellipse selected: how each new frame differs from its source frame, by the selection's
+# coverage of the pixel.
 import os
 import sys
 
 sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
-from prelude import FAST, add_layer, pixel_hash, recording, stripes  # noqa: E402
+from prelude import FAST, add_layer, pixel_hash, pixels, recording, stripes  # noqa: E402
 
 from gi.repository import Gimp, Gio  # noqa: E402
 
@@ -48,6 +50,61 @@ def export_gif(image, path):
             cfg.set_property(key, value)
     res = proc.run(cfg)
     return res.index(0).value_nick, names
+
+
+def selection_coverage(image):
+    """The selection over the canvas, one byte a pixel (0 outside, 255 inside)."""
+    return pixels(image.get_selection(), "Y u8", (0, 0, image.get_width(), image.get_height()))
+
+
+def changes_by_coverage(new_layer, source_layer, coverage):
+    """How the new frame differs from its source frame (both over the canvas), by the
+    selection's coverage of the pixel: {bucket: [pixels, changed (any channel differs),
+    mean of the largest channel difference]}. Buckets: out (0), low (1-127), high (128-254),
+    in (255)."""
+    new, old = pixels(new_layer), pixels(source_layer)
+    out = {}
+    for i, c in enumerate(coverage):
+        bucket = "out" if c == 0 else "in" if c == 255 else "low" if c < 128 else "high"
+        d = max(abs(a - b) for a, b in zip(new[4 * i:4 * i + 4], old[4 * i:4 * i + 4]))
+        n, changed, total = out.get(bucket, (0, 0, 0))
+        out[bucket] = (n + 1, changed + (d > 0), total + d)
+    return {k: [n, changed, round(total / n, 2)] for k, (n, changed, total) in out.items()}
+
+
+def run_animation(proc, cfg):
+    """(status, the new image or None, the error message or None)."""
+    res = proc.run(cfg)
+    status = res.index(0).value_nick
+    if status == "success":
+        return status, res.index(1), None
+    return status, None, res.index(1)
+
+
+def selected_run(found, proc, cfg, image):
+    """The animation with a feathered ellipse selected: the new image's size and frames, how
+    each differs from its source by coverage, and the source image (selection too) after."""
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, 10, 8, 28, 24)
+    Gimp.Selection.feather(image, 4.0)
+    image.clean_all()
+    coverage = selection_coverage(image)
+    _, _, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
+    bbox = [(x, y) for y in range(y1, y2) for x in range(x1, x2)]
+    found["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+    found["bbox_unselected"] = sum(coverage[y * 48 + x] == 0 for x, y in bbox)
+    hashes = [pixel_hash(l) for l in image.get_layers()]
+    found["status"], new, found["message"] = run_animation(proc, cfg)
+    if new is not None:
+        found["new_size"] = [new.get_width(), new.get_height()]
+        found["new_layers"] = layers_of(new)
+        if found["new_size"] == [image.get_width(), image.get_height()]:  # else: no match
+            found["changes"] = [changes_by_coverage(n, s, coverage)
+                                for n, s in zip(new.get_layers(), image.get_layers())]
+        new.delete()
+    found["source_unchanged"] = hashes == [pixel_hash(l) for l in image.get_layers()]
+    found["selection_unchanged"] = selection_coverage(image) == coverage
+    found["source_clean"] = not image.is_dirty()
+    Gimp.Selection.none(image)
 
 
 with recording(found, OUT):
@@ -96,6 +153,8 @@ with recording(found, OUT):
     found["source_after"] = layers_of(image)
     found["source_unchanged"] = hashes == [pixel_hash(l) for l in image.get_layers()]
     found["source_clean"] = not image.is_dirty()
+    found["selected"] = {}
+    selected_run(found["selected"], proc, cfg, image)
     # The style layer's image is not a frame source, and one frame is no animation.
     single = Gimp.Image.new(16, 16, Gimp.ImageBaseType.RGB)
     add_layer(single, "only (100ms)", 16, 16, moving(0))
