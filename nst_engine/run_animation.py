@@ -123,17 +123,17 @@ def run(args: Any, plan: Any, *, params, device, bar_for) -> int:
 
     from .transfer.animation import Animation
 
-    anim = Animation(styles=styles, params=params, loop=loop, device=str(device),
+    n = len(clip.frames)
+    anim = Animation(styles=styles, params=params, frames=n, loop=loop, device=str(device),
                      weights=args.weights, weights_kind=args.weights_kind)
     out_dir = Path(args.output) if kind == "dir" else None
     names = _frame_names(clip, contents)
     done: list = []
-    n = len(clip.frames)
     start = time.monotonic()
     for i, frame in enumerate(clip.frames):
         bar = bar_for(f"frame {i + 1}/{n}")
         try:
-            result = anim.frame(frame, last=i == n - 1, progress=bar)
+            result = anim.frame(frame, progress=bar)
         except (EngineError, Exception) as e:  # noqa: BLE001 - said with the frames kept
             if bar is not None:
                 bar.close()

@@ -117,7 +117,23 @@ def test_temporal_term_is_the_masked_mean_square_and_crops():
     assert float(term(x).detach()) == pytest.approx(2.0 * 0.5)   # half the pixels, error 1
     term(x).backward()
     assert float(x.grad[..., 2:, :].abs().max()) == 0.0  # masked pixels get no gradient
-    assert float(term.crop(slice(2, 4), slice(0, 4))(x[..., 2:, :])) == 0.0
+    assert float(term.crop(slice(2, 4), slice(0, 4))(x[..., 2:, :]).detach()) == 0.0
+
+
+def test_the_reverse_term_compares_an_earlier_frame_where_its_pixels_went():
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    earlier = x.roll(-1, dims=-1)  # the picture moved one pixel to the right since
+    shift = torch.zeros(1, 2, 4, 4)
+    shift[:, 0] = 1.0  # each earlier pixel went one pixel right
+    mask = torch.ones(1, 1, 4, 4)
+    mask[..., -1] = 0.0  # the last column left the frame
+    term = warp.TemporalTerm([], 1.0, [(earlier, mask, warp.coords(shift))])
+    assert float(term(x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(term(x.roll(1, dims=-1))) > 0.01  # not where they went: an error
+    # A tile keeps the earlier pixels that went into it, in its own coordinates.
+    right = term.crop(slice(0, 4), slice(2, 4))
+    assert float(right(x[..., 2:])) == pytest.approx(0.0, abs=1e-6)
+    assert float(right.reverse[0][1].sum()) == 4 * 2  # columns 1 and 2 went to 2 and 3
 
 
 # --- the frame loop (needs the pipeline's frame hook) -------------------------------------
@@ -146,10 +162,9 @@ def _warping_errors(outs, frames, gap=1):
 
 def _run(frames, params, weights, loop=False):
     from nst_engine.transfer.animation import Animation
-    anim = Animation(styles=[(_style(), 1.0)], params=params, loop=loop, device="cpu",
-                     weights=weights)
-    outs = [anim.frame(Image.fromarray(f), last=i == len(frames) - 1)
-            for i, f in enumerate(frames)]
+    anim = Animation(styles=[(_style(), 1.0)], params=params, frames=len(frames), loop=loop,
+                     device="cpu", weights=weights)
+    outs = [anim.frame(Image.fromarray(f)) for f in frames]
     return outs, anim
 
 
@@ -187,21 +202,31 @@ def test_temporal_loss_halves_the_warping_error(moving, weights, independent):
     assert all(o.size == (HW[1], HW[0]) for o in tmp_outs)
 
 
-def test_loop_mode_ties_the_last_frame_to_the_first(moving, weights):
-    outs_open, open_ = _run(moving, _small_params(), weights)
-    outs_loop, loop = _run(moving, _small_params(), weights, loop=True)
-    # Frame 4 is tied to frames 3 and 2 (1 and 2 back); in loop mode to frame 1 too.
+@pytest.fixture(scope="module")
+def looping():
+    """A clip that loops: forward then back (0, 1, 2, 1, then 0 again): the way from the last
+    frame to the first is one frame's motion, as in any looping animation."""
+    frames, _, _ = synthetic_clip(3, HW, speed=(4.0, 1.0), pan=(2.0, 0.0), seed=8)
+    return frames + frames[1:2]
+
+
+def test_loop_mode_closes_the_loop_like_any_other_step(looping, weights):
+    outs_open, open_ = _run(looping, _small_params(), weights)
+    outs_loop, loop = _run(looping, _small_params(), weights, loop=True)
+    # Open: frame 4 is tied to frames 3 and 2 (1 and 2 back). Loop: every later frame also
+    # leans on frame 1, both ways (the way back spread over the clip).
     assert [s.terms for s in open_.stats] == [0, 1, 2, 2]
-    assert [s.terms for s in loop.stats] == [0, 1, 2, 3]
-    # The same until the last frame (same seed, same CPU): only the loop term differs.
-    assert all(np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(outs_loop[:3], outs_open[:3]))
+    assert [s.terms for s in loop.stats] == [0, 3, 4, 4]
+    assert loop.loop_share(2) == 1 / 4 and loop.loop_share(4) == 1 / 2
+    assert np.array_equal(np.asarray(outs_loop[0]), np.asarray(outs_open[0]))
 
     def closing(outs):  # the last frame against the first, warped onto it
-        return _warping_errors([outs[-1], outs[0]], [moving[-1], moving[0]])[0]
-    # Measured 0.689 (float32) and 0.704 (bfloat16) on a 2-core Xeon: the bound sits between
-    # that and 1 (no tie), clear of both precisions.
-    assert closing(outs_loop) < 0.8 * closing(outs_open), (closing(outs_loop),
+        return _warping_errors([outs[-1], outs[0]], [looping[-1], looping[0]])[0]
+    adjacent = np.median(_warping_errors(outs_loop, looping))
+    # Measured on a 2-core Xeon: closure / median adjacent 1.17 (float32) and 1.18 (bfloat16),
+    # the issue's bar 1.5; closure loop / open 0.36 and 0.35.
+    assert closing(outs_loop) <= 1.5 * adjacent, (closing(outs_loop), adjacent)
+    assert closing(outs_loop) < 0.7 * closing(outs_open), (closing(outs_loop),
                                                            closing(outs_open))
 
 

@@ -344,7 +344,8 @@ class Session:
         clip, n, total = anim["clip"], anim["frame"], anim["frames"]
         if n == 1:
             self.clip = None  # a new clip replaces an unfinished one
-            state = Animation(styles=styles, params=params, loop=bool(anim.get("loop")),
+            state = Animation(styles=styles, params=params, frames=total,
+                              loop=bool(anim.get("loop")),
                               device=device, weights=self.args.weights)
             self.clip = (clip, 0, state)
         if self.clip is None or self.clip[0] != clip or self.clip[1] != n - 1:
@@ -354,7 +355,7 @@ class Session:
                                "order, starting with frame 1.")
         state = self.clip[2]
         state.styles = styles
-        out = state.frame(content, last=n == total, progress=progress, cancel=cancel)
+        out = state.frame(content, progress=progress, cancel=cancel)
         self.clip = None if n == total else (clip, n, state)
         return out
 

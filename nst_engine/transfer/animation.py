@@ -10,8 +10,13 @@ the number of frames. Each frame is one ``pipeline.stylize`` call with a ``Frame
   pixel-steps, and has a temporal loss (``warp.TemporalTerm``, weight ``temporal_weight``) to
   the results of the frames 1, 2 and 4 back, warped onto it, each masked by the forward-backward
   consistency check and, further back, only where no nearer frame is trusted (``long_term``);
-- loop mode: the last frame also has a term to the first frame's result, so the animation
-  closes without a jump.
+- loop mode: the way back to the first frame is spread over the clip, like a bridge, so the
+  animation closes without a jump: frame ``t`` of ``N`` also starts from and is tied to the
+  first frame's result with the share ``1 / (N + 2 - t)`` (1/2 for the last), the frames
+  before it with the rest. Tying only the last frame to the first moves the jump, whole,
+  between the last two frames (and a frame after the first runs too few steps to close it).
+- the results are warped bicubically (clamped to [0, 1]): bilinear warping blurs them a little
+  more every frame, and the frames then drift away from the style.
 
 ``temporal_weight`` 0 styles every frame as an independent still (no flow, no OpenCV needed).
 The pipeline calls the hook (``plan``, ``start``, ``term``, ``keep``); nothing here changes a
@@ -67,15 +72,17 @@ class Animation:
     """The frames of one animation, styled in order by ``frame()``.
 
     ``styles`` and ``params`` as for ``pipeline.stylize``; a ``seed`` of None is drawn once, so
-    every frame uses the same one. ``loop``: the last frame (``frame(..., last=True)``) is also
-    tied to the first.
+    every frame uses the same one. ``frames``: how many frames the clip has; ``loop``: the
+    last frame leads back to the first (needs ``frames``).
     """
 
     def __init__(self, *, styles: Sequence[tuple[Image.Image, float]], params: StyleParams,
-                 loop: bool = False, device: str = "auto",
+                 frames: int | None = None, loop: bool = False, device: str = "auto",
                  weights: str | os.PathLike | None = None,
                  weights_kind: str | None = None) -> None:
-        self.styles, self.loop = list(styles), loop
+        if loop and not frames:
+            raise ValueError("loop mode needs the number of frames")
+        self.styles, self.frames, self.loop = list(styles), frames, loop
         self.params = params if params.seed is not None else replace(
             params, seed=secrets.randbits(63))
         self.device, self.weights, self.weights_kind = device, weights, weights_kind
@@ -90,7 +97,7 @@ class Animation:
         self.count = 0
         self.stats: list[FrameStats] = []
 
-    def frame(self, content: Image.Image, *, last: bool = False,
+    def frame(self, content: Image.Image, *,
               progress: Callable[[Progress], None] | None = None,
               cancel=None) -> Image.Image:
         """Style the next frame; returns it like ``stylize`` (content's size and alpha)."""
@@ -104,7 +111,7 @@ class Animation:
                 "frames (in GIMP: Image > Canvas Size / Layer to Image Size) and run again.")
         self.size = content.size
         stats = FrameStats(self.count + 1)
-        hook = FrameHook(self, content, last, stats) if self.temporal else None
+        hook = FrameHook(self, content, stats) if self.temporal else None
         started = time.monotonic()
         more = {} if hook is None else {"frame": hook}  # independent frames: plain stills
         out = stylize(content=content, styles=self.styles, params=self.params,
@@ -116,6 +123,14 @@ class Animation:
         self.stats.append(stats)
         return out
 
+    def loop_share(self, index: int) -> float:
+        """How much frame ``index`` leans on the first frame's result (loop mode): the share
+        that puts it on a straight way from the frame before to frame ``frames + 1``, which is
+        the first again."""
+        if not self.loop or index < 2:
+            return 0.0
+        return 1.0 / (self.frames + 2 - index)
+
     def remember(self, kept: _Kept) -> None:
         self.kept.appendleft(kept)  # nearest first
         if self.loop and self.first is None:
@@ -125,13 +140,14 @@ class Animation:
 class FrameHook:
     """What ``pipeline.stylize`` asks of one frame of an animation (see the module doc)."""
 
-    def __init__(self, anim: Animation, content: Image.Image, last: bool,
-                 stats: FrameStats) -> None:
-        self.anim, self.content, self.last, self.stats = anim, content, last, stats
+    def __init__(self, anim: Animation, content: Image.Image, stats: FrameStats) -> None:
+        self.anim, self.content, self.stats = anim, content, stats
         self.index = anim.count + 1
         self.hw: tuple[int, int] | None = None
         self.rgb: np.ndarray | None = None
         self.targets: list[tuple[Tensor, Tensor]] = []
+        self.reverse: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._flow_cache: dict[int, tuple[Tensor, Tensor]] = {}
 
     # -- called by the pipeline ---------------------------------------------------------------
 
@@ -150,16 +166,14 @@ class FrameHook:
 
     def start(self, device: torch.device) -> Tensor | None:
         """The image the first level starts from: the previous result warped onto this frame
-        (None for the first frame: the preset's ``init``). Computes the flows and masks."""
+        (in loop mode blended with the first frame's; None for the first frame: the preset's
+        ``init``). Computes the flows and masks."""
         t0 = time.monotonic()
         h, w = self.hw
         self.rgb = np.asarray(self.content.convert("RGB").resize((w, h), Image.BICUBIC))
         earlier = {k.index: k for k in self.anim.kept}
         pairs = [earlier[self.index - j] for j in BACK if self.index - j in earlier]
-        first = self.anim.first
-        loop_back = (self.last and self.anim.loop and first is not None
-                     and first.index not in [k.index for k in pairs])
-        if not pairs and not loop_back:
+        if not pairs:
             return None
         from .flow import grey  # noqa: PLC0415
 
@@ -167,44 +181,75 @@ class FrameHook:
         near = [self._tie(cur, k, device) for k in pairs]
         masks = warp.long_term([m for _, m in near])
         self.targets = [(t, m) for (t, _), m in zip(near, masks)]
-        if loop_back:
-            self.targets.append(self._tie(cur, first, device))
-        self.stats.terms = len(self.targets)
         start = self.targets[0][0]
+        share = self.anim.loop_share(self.index)
+        if share > 0:  # loop mode: part of the way back to the first frame
+            first, trusted = self._tie(cur, self.anim.first, device)
+            bridge = share * trusted
+            self.targets = [(t, m * (1 - bridge)) for t, m in self.targets]
+            self.targets.append((first, bridge))
+            start = start * (1 - bridge) + first * bridge
+            # ... and the first frame's own pixels where they went here: the way back
+            # from the last frame is the first frame seen after it.
+            image, mask, where = self._tie_back(cur, self.anim.first, device)
+            self.reverse = [(image, share * mask, where)]
+        self.stats.terms = len(self.targets) + len(self.reverse)
         self.stats.flow_seconds = time.monotonic() - t0
+        self._flow_cache.clear()
         return start
 
     def term(self, hw: tuple[int, int], device: torch.device) -> warp.TemporalTerm | None:
         """The temporal loss at a level of size ``hw`` (None on the first frame)."""
         if not self.targets:
             return None
-        targets = self.targets
+        targets, reverse = self.targets, self.reverse
         if tuple(hw) != tuple(self.hw):
-            targets = [(resize(t, hw), (resize(m, hw) > 0.5).float()) for t, m in targets]
+            targets = [(resize(t, hw), resize(m, hw).clamp(0, 1)) for t, m in targets]
+            scale = torch.tensor([(hw[1] - 1) / max(self.hw[1] - 1, 1),
+                                  (hw[0] - 1) / max(self.hw[0] - 1, 1)])
+            reverse = [(t, m, c * scale.to(c.device)) for t, m, c in reverse]
         return warp.TemporalTerm([(t.to(device), m.to(device)) for t, m in targets],
-                                 self.anim.params.temporal_weight)
+                                 self.anim.params.temporal_weight,
+                                 [tuple(v.to(device) for v in r) for r in reverse])
 
     def keep(self, image: Tensor) -> None:
         """The finest level's result, in the optimisation's space: the next frames' target."""
         if tuple(image.shape[-2:]) != tuple(self.hw):
             image = resize(image, self.hw)
-        self.targets = []
+        self.targets, self.reverse = [], []
         self.anim.remember(_Kept(self.index, self.rgb, image.detach()))
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _tie(self, cur: np.ndarray, kept: _Kept, device: torch.device) -> tuple[Tensor, Tensor]:
         """``kept``'s result warped onto this frame, and where that is trusted."""
+        image, back, fwd = self._flows(cur, kept, device)
+        return warp.warp(image, back, "bicubic").clamp(0, 1), warp.consistency(back, fwd)
+
+    def _tie_back(self, cur: np.ndarray, kept: _Kept, device: torch.device
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """``kept``'s result in its own pixels, where that is trusted, and where each of its
+        pixels lies in this frame (``warp.TemporalTerm``'s ``reverse``)."""
+        image, back, fwd = self._flows(cur, kept, device)
+        return image, warp.consistency(fwd, back), warp.coords(fwd)
+
+    def _flows(self, cur: np.ndarray, kept: _Kept, device: torch.device
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """``kept``'s result at this frame's size, the flow this frame -> ``kept`` and back
+        (the pair computed once per frame and kept frame)."""
         from .flow import grey  # noqa: PLC0415
 
-        rgb = kept.rgb
-        if rgb.shape[:2] != cur.shape:  # the working size changed between frames
-            rgb = np.asarray(Image.fromarray(rgb).resize((cur.shape[1], cur.shape[0]),
-                                                         Image.BICUBIC))
-        other = grey(rgb)
-        back = warp.flow_tensor(self.anim.flow(cur, other), device)
-        fwd = warp.flow_tensor(self.anim.flow(other, cur), device)
+        key = kept.index
+        if key not in self._flow_cache:
+            rgb = kept.rgb
+            if rgb.shape[:2] != cur.shape:  # the working size changed between frames
+                rgb = np.asarray(Image.fromarray(rgb).resize((cur.shape[1], cur.shape[0]),
+                                                             Image.BICUBIC))
+            other = grey(rgb)
+            self._flow_cache[key] = (warp.flow_tensor(self.anim.flow(cur, other), device),
+                                     warp.flow_tensor(self.anim.flow(other, cur), device))
+        back, fwd = self._flow_cache[key]
         image = kept.image.to(device)
         if tuple(image.shape[-2:]) != tuple(cur.shape):
             image = resize(image, cur.shape)
-        return warp.warp(image, back), warp.consistency(back, fwd)
+        return image, back, fwd

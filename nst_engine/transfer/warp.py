@@ -55,11 +55,11 @@ def _grid(flow: Tensor) -> Tensor:
     return torch.stack((x, y), dim=-1)
 
 
-def warp(img: Tensor, flow: Tensor) -> Tensor:
-    """``img`` ``[N, C, H, W]`` sampled at ``p + flow[p]`` (bilinear; edge pixels repeat
-    outside, and ``in_frame`` says where that happened)."""
+def warp(img: Tensor, flow: Tensor, mode: str = "bilinear") -> Tensor:
+    """``img`` ``[N, C, H, W]`` sampled at ``p + flow[p]`` (``mode`` as ``grid_sample``'s;
+    edge pixels repeat outside, and ``in_frame`` says where that happened)."""
     grid = _grid(flow.to(img.device))
-    return F.grid_sample(img.float(), grid, mode="bilinear", padding_mode="border",
+    return F.grid_sample(img.float(), grid, mode=mode, padding_mode="border",
                          align_corners=True)
 
 
@@ -124,18 +124,37 @@ class TemporalTerm:
     """The temporal loss against warped earlier results, at one level's size.
 
     ``targets``: ``(warped result, mask)`` pairs ``[1, C, H, W]`` / ``[1, 1, H, W]``, all of one
-    size; ``weight`` multiplies the sum. ``crop`` gives the term of one tile.
+    size; ``weight`` multiplies the sum. ``reverse``: ``(result, mask, coords)`` of earlier
+    frames in their own pixels, tied the other way round: the image is sampled at ``coords``
+    (``[1, h, w, 2]``, (x, y) in its pixels: where each of their pixels went) and compared
+    there, so a pixel the earlier frame shows and this one hides behind a flow the check
+    rejected is tied too (the warping error measures both ways). ``crop`` gives the term of
+    one tile.
     """
 
-    def __init__(self, targets: Sequence[tuple[Tensor, Tensor]], weight: float) -> None:
+    def __init__(self, targets: Sequence[tuple[Tensor, Tensor]], weight: float,
+                 reverse: Sequence[tuple[Tensor, Tensor, Tensor]] = ()) -> None:
         self.targets = [(t.detach().float(), m.detach().float()) for t, m in targets]
+        self.reverse = [(t.detach().float(), m.detach().float(), c.detach().float())
+                        for t, m, c in reverse]
         self.weight = float(weight)
 
     def crop(self, ys: slice, xs: slice, device: torch.device | None = None) -> "TemporalTerm":
         def cut(t: Tensor) -> Tensor:
             t = t[..., ys, xs]
             return t if device is None else t.to(device)
-        return TemporalTerm([(cut(t), cut(m)) for t, m in self.targets], self.weight)
+
+        def move(t: Tensor) -> Tensor:
+            return t if device is None else t.to(device)
+        reverse = []
+        for target, mask, coords in self.reverse:
+            y0, x0 = ys.start or 0, xs.start or 0
+            local = coords - coords.new_tensor([x0, y0])
+            h, w = ys.stop - y0, xs.stop - x0
+            inside = ((local[..., 0] >= 0) & (local[..., 0] <= w - 1) & (local[..., 1] >= 0)
+                      & (local[..., 1] <= h - 1))
+            reverse.append((move(target), move(mask * inside[:, None].float()), move(local)))
+        return TemporalTerm([(cut(t), cut(m)) for t, m in self.targets], self.weight, reverse)
 
     def __call__(self, img: Tensor) -> Tensor:
         x = img.float()
@@ -143,7 +162,22 @@ class TemporalTerm:
         total = x.new_zeros(())
         for target, mask in self.targets:
             total = total + (mask * (x - target).pow(2)).sum() / d
+        h, w = x.shape[-2:]
+        for target, mask, coords in self.reverse:
+            grid = torch.stack((coords[..., 0] * (2.0 / max(w - 1, 1)) - 1.0,
+                                coords[..., 1] * (2.0 / max(h - 1, 1)) - 1.0), dim=-1)
+            seen = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                 align_corners=True)
+            total = total + (mask * (seen - target).pow(2)).sum() / d
         return self.weight * total
+
+
+def coords(flow: Tensor) -> Tensor:
+    """``[1, H, W, 2]``: where each pixel goes by ``flow`` ``[1, 2, H, W]``, (x, y) in px."""
+    _, _, h, w = flow.shape
+    ys = torch.arange(h, device=flow.device, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, device=flow.device, dtype=torch.float32).view(1, 1, w)
+    return torch.stack((xs + flow[:, 0], ys + flow[:, 1]), dim=-1)
 
 
 def warping_error(a: Tensor, b_warped: Tensor, mask: Tensor) -> float:
