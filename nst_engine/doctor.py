@@ -1,7 +1,7 @@
 """``python -m nst_engine doctor``: what this engine has to work with, and what to fix.
 
 Checks Python, the packages the engine imports (found and their versions, without importing
-them), torch/torchvision, the devices torch sees, the CPU's precision (bfloat16 or float32,
+them) and the optional ones (OpenCV, for animations: a warning when missing), torch/torchvision, the devices torch sees, the CPU's precision (bfloat16 or float32,
 measured on this CPU: ``cpu_precision``), the weights (found, validated, checksum-verified,
 kind) and the preset folders. Exit code 0 when a stylize run can work, 1 otherwise. Every check
 is guarded, so one broken part never hides the report on the others; without torch it still
@@ -22,11 +22,15 @@ from typing import Any
 
 from . import __version__
 from .bridge import config
+from .errors import OPENCV_HINT
 
 
 #: What the engine imports beyond the standard library: (module, the pip name that provides it).
 REQUIREMENTS = (("torch", "torch"), ("torchvision", "torchvision"), ("PIL", "pillow"),
                 ("numpy", "numpy"), ("yaml", "pyyaml"))
+#: What only some features import: (module, the pip names that provide it, what needs it).
+OPTIONAL = (("cv2", ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
+                     "opencv-contrib-python"), "animations: optical flow"),)
 
 
 def _problem(report: dict, what: str, fix: str, *, fatal: bool = True) -> None:
@@ -56,6 +60,30 @@ def _check_packages(report: dict) -> list[str]:
                  f"Install them in this Python (`{sys.executable} -m pip install {pip_names}`); "
                  "`python install.py` does it.")
     return missing
+
+
+def _check_optional(report: dict) -> None:
+    """The optional packages: found, their version, what lacks without them (a warning)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    optional: dict[str, dict[str, Any]] = {}
+    for module, pip_names, needed_by in OPTIONAL:
+        found = importlib.util.find_spec(module) is not None
+        installed = None
+        for name in pip_names if found else ():
+            try:
+                installed = version(name)
+                break
+            except PackageNotFoundError:
+                continue
+            except Exception:  # noqa: BLE001 -- broken metadata: the module still imports
+                break
+        optional[module] = {"pip": pip_names[0], "found": found, "version": installed,
+                            "for": needed_by}
+        if not found and module == "cv2":
+            _problem(report, "OpenCV is not installed: stills work, animations do not.",
+                     OPENCV_HINT, fatal=False)
+    report["optional"] = optional
 
 
 def _check_torch(report: dict) -> bool:
@@ -218,6 +246,7 @@ def collect(args: Any) -> dict:
         "platform": platform.platform(), "quick": bool(getattr(args, "quick", False)),
         "problems": []}
     missing = _check_packages(report)
+    _check_optional(report)
     if report["quick"]:
         _find_weights(report, args)
     elif "torch" not in missing and "torchvision" not in missing and _check_torch(report):
@@ -256,6 +285,10 @@ def _print_text(r: dict) -> None:
     missing = [m for m, p in r["packages"].items() if not p["found"]]
     print(f"packages:    {', '.join(found) or 'none'}"
           + (f"; missing: {', '.join(missing)}" if missing else ""))
+    for module, p in r.get("optional", {}).items():
+        state = (f"{module} {p['version'] or '(version unknown)'}" if p["found"]
+                 else f"{module} missing")
+        print(f"optional:    {state} (for {p['for']})")
     if "torch" in r:
         print(f"torch:       {r['torch']}, torchvision {r['torchvision']}")
         names = ", ".join(f"{d['type']}" + (f":{d['index']}" if "index" in d else "")

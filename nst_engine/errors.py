@@ -56,3 +56,10 @@ class InvalidInput(EngineError):
 class FlowUnavailable(EngineError):
     """The optical-flow library (OpenCV) that animations need is missing or broken."""
     code = "flow_unavailable"
+
+
+#: What a user runs to get the flow library into the engine's Python (``transfer.flow``,
+#: ``doctor``).
+OPENCV_HINT = ("Animation needs OpenCV in the engine's Python: re-run `python install.py` (it "
+               "installs it), or `<engine python> -m pip install opencv-python-headless` "
+               "(Debian: `apt install python3-opencv`).")

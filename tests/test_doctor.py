@@ -124,6 +124,28 @@ def test_doctor_reports_each_package_and_its_version(tmp_path, monkeypatch, caps
     assert f"packages:    torch {packages['torch']['version']}, " in capsys.readouterr().out
 
 
+def test_doctor_reports_opencv_for_animations(tmp_path, monkeypatch, capsys):
+    import cv2
+    import importlib.util
+
+    monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path / "config"))
+    report = _run(capsys, quick=True)[1]
+    assert report["optional"]["cv2"]["found"]
+    assert report["optional"]["cv2"]["version"].startswith(cv2.__version__)
+    assert not any("OpenCV" in p["problem"] for p in report["problems"])
+    # Without it: a warning that says what still works and what to install, not an error.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cv2" else real(name, *a))
+    report = _run(capsys, quick=True)[1]
+    (problem,) = [p for p in report["problems"] if "OpenCV" in p["problem"]]
+    assert not problem["fatal"] and "stills work" in problem["problem"]
+    assert "opencv-python-headless" in problem["fix"]
+    doctor.run(Namespace(weights=None, json=False, quick=True))
+    assert "optional:    cv2 missing (for animations: optical flow)" in capsys.readouterr().out
+
+
 def test_doctor_without_torch_names_every_missing_package():
     # -S: this Python without its site-packages, so none of the engine's packages.
     rc, report = _doctor_process(python=(sys.executable, "-S"))

@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EngineError, FlowUnavailable
-
-#: What a user runs to get the flow library into the engine's Python.
-INSTALL_HINT = ("Animation needs OpenCV in the engine's Python: re-run `python install.py` (it "
-                "installs it), or `<engine python> -m pip install opencv-python-headless` "
-                "(Debian: `apt install python3-opencv`).")
+from ..errors import OPENCV_HINT, EngineError, FlowUnavailable
 
 
 def require_opencv():
@@ -28,10 +23,10 @@ def require_opencv():
         import cv2  # noqa: PLC0415 - optional: only animations need it
     except ImportError as e:
         raise FlowUnavailable(f"OpenCV is not installed in the engine's Python ({e}).",
-                              INSTALL_HINT) from None
+                              OPENCV_HINT) from None
     if not hasattr(cv2, "DISOpticalFlow_create"):
         raise FlowUnavailable(f"This OpenCV ({getattr(cv2, '__version__', '?')}) has no DIS "
-                              "optical flow.", INSTALL_HINT)
+                              "optical flow.", OPENCV_HINT)
     return cv2
 
 
