@@ -240,6 +240,18 @@ def test_frames_of_another_size_are_refused(weights):
         anim.frame(Image.new("RGB", (48, 64)))
 
 
+def test_seamless_frames_are_refused_unless_independent(weights):
+    from nst_engine.transfer.animation import Animation
+    with pytest.raises(InvalidInput, match="Seamless tiles and frames tied") as e:
+        Animation(styles=[(_style(), 1.0)], params=_small_params(seamless=True),
+                  device="cpu", weights=weights)
+    assert "temporal weight to 0" in e.value.hint
+    anim = Animation(styles=[(_style(), 1.0)], device="cpu", weights=weights,
+                     params=_small_params(seamless=True, temporal_weight=0.0, iterations=2,
+                                          levels=1, max_size=64))
+    assert anim.frame(Image.new("RGB", (64, 64), (90, 40, 20))).size == (64, 64)
+
+
 def test_without_opencv_stills_work_and_the_message_says_what_to_install(monkeypatch):
     import builtins
     from nst_engine.errors import FlowUnavailable

@@ -82,6 +82,12 @@ class Animation:
                  weights_kind: str | None = None) -> None:
         if loop and not frames:
             raise ValueError("loop mode needs the number of frames")
+        if params.seamless and params.temporal_weight > 0:
+            # The flow, the warps and their masks treat the borders as edges, not as a wrap.
+            raise InvalidInput(
+                "Seamless tiles and frames tied by their motion cannot be combined yet.",
+                "Set the temporal weight to 0 (every frame styled on its own, each one a "
+                "seamless tile; it may flicker), or turn seamless off.")
         self.styles, self.frames, self.loop = list(styles), frames, loop
         self.params = params if params.seed is not None else replace(
             params, seed=secrets.randbits(63))
