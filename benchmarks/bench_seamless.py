@@ -1,19 +1,26 @@
 """Seamless tiles (issue 25): the seam measure, the style loss and the run time, with and
 without ``seamless``, on a content that tiles itself.
 
-    python benchmarks/bench_seamless.py [--size 256] [--iterations 60] [--levels 2] [--repeat 2]
+    python benchmarks/bench_seamless.py [--size 256] [--iterations 60] [--levels 2]
+        [--seeds 1,2,3] [--weights FILE]
 
-Rows (one per setting):
+For each seed, the run without the option and the one with it, one after the other (so a
+busy machine slows both alike); then per row:
   seam        ``tiles.seam_ratio`` of the result rolled by half its height and width: the
               gradient energy in bands around the two centre lines (where its borders meet),
               an eighth of the side wide (one line alone is noisy: the style's stripes), and
-              of 1/2/4 lines each side, against the rest (1.00 = no seam; target within 1 +- 0.05); also of the content itself
-  style loss  the style loss of the result at the content's size, measured the same way for
-              both (the plain, zero-padded network) and in the network the run optimised
-              with (circular padding for seamless), relative to the run without the option
-  time        wall time of ``stylize`` (best of --repeat)
+              of 1/2/4 lines each side, against the rest (1.00 = no seam; target 1 +- 0.05).
+              ``null``: the same measure on lines that are not a seam (the result rolled by a
+              quarter instead): how far the measure strays with no seam at all.
+  style loss  the style loss of each result, judged by a network neither run optimised with:
+              zero padding, the image extended by a reflection of a quarter of its side, and
+              only the feature pixels over the image itself compared (``neutral``); also by
+              the plain zero-padded network (which the run without the option optimised
+              against) and by each run's own network; relative to the run without the option
+              (target within 2 %).
+  time        wall and CPU time of ``stylize``, both models loaded before (target within 5 %).
 Random VGG19 weights (made here unless --weights): real timings, not real images. float32
-(NST_ENGINE_CPU_BF16=0) so the two runs differ only by the option.
+(NST_ENGINE_CPU_BF16=0) unless set otherwise, so the two runs differ only by the option.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ os.environ.setdefault("NST_ENGINE_CPU_BF16", "0")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from nst_engine import StyleParams, stylize  # noqa: E402
@@ -59,18 +67,48 @@ def style_image(size: int = 128) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
-def seam(img: Image.Image, half: int | None = None) -> float:
-    """``half``: the band's half width in lines (None: an eighth of the side in all)."""
+def seam(img: Image.Image, half: int | None = None, roll: int = 2) -> float:
+    """``half``: the band's half width in lines (None: an eighth of the side in all).
+    ``roll``: rolled by 1/roll of the side (2: the borders meet at the centre lines; 4: the
+    centre lines are ordinary lines of the image)."""
     a = np.asarray(img, np.float32) / 255
     h, w = a.shape[:2]
     bh, bw = (half, half) if half else (max(2, h // 16), max(2, w // 16))
-    rolled = torch.from_numpy(np.roll(a, (h // 2, w // 2), (0, 1))).permute(2, 0, 1)
+    rolled = torch.from_numpy(np.roll(a, (h // roll, w // roll), (0, 1))).permute(2, 0, 1)
     return tiles.seam_ratio(rolled, [(h // 2 - bh, h // 2 + bh)], [(w // 2 - bw, w // 2 + bw)])
 
 
 def seams(img: Image.Image) -> str:
-    return (f"seam {seam(img):.3f} (bands of 1/2/4 lines each side: "
-            f"{seam(img, 1):.3f}/{seam(img, 2):.3f}/{seam(img, 4):.3f})")
+    return (f"seam {seam(img):.3f} (1/2/4 lines each side: "
+            f"{seam(img, 1):.3f}/{seam(img, 2):.3f}/{seam(img, 4):.3f}; "
+            f"null {seam(img, roll=4):.3f})")
+
+
+def neutral_style_loss(img: Image.Image, style: Image.Image, params: StyleParams,
+                       weights) -> float:
+    """The style loss under a network neither run optimised with: zero padding, the image
+    extended by a reflection of a quarter of its side, Gram matrices of the feature pixels
+    over the image only; the mean over the style layers of ``|G - G_style|^2 / |G_style|^2``."""
+    plain = params.with_overrides(seamless=False)
+    model, _ = model_for(weights, None, plain, torch.device("cpu"))
+
+    def grams(rgb: torch.Tensor, pad: int) -> dict[str, torch.Tensor]:
+        x = F.pad(rgb, (pad, pad, pad, pad), mode="reflect") if pad else rgb
+        out = {}
+        with torch.no_grad():
+            feats = model(x.contiguous(memory_format=torch.channels_last))
+        for name in plain.style_layers:
+            f = feats[name].float()
+            h, w = f.shape[-2:]
+            k = round(pad * h / x.shape[-2])
+            f = f[..., k:h - k, k:w - k].flatten(2)[0]
+            out[name] = f @ f.T / f.shape[1]
+        return out
+    rgb = to_tensor(img)[0]
+    target = grams(to_tensor(style)[0], 0)
+    got = grams(rgb, max(rgb.shape[-2:]) // 4)
+    return float(np.mean([float((got[n] - target[n]).square().sum()
+                                / target[n].square().sum()) for n in target]))
 
 
 def style_loss(img: Image.Image, style: Image.Image, params: StyleParams, weights,
@@ -93,32 +131,60 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--levels", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--seeds", default="1,2,3", help="one pair of runs per seed")
     ap.add_argument("--weights", help="VGG19 weights (default: random ones made here)")
     args = ap.parse_args()
     weights = args.weights or make_random_vgg19_file(
         Path(tempfile.mkdtemp()) / "vgg19-random.pth")
-    content, style = tiling_content(args.size), style_image()
+    style = style_image()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, "
-          f"{args.levels} levels, {args.iterations} iterations, float32")
-    print(f"content itself: {seams(content)}")
-    base = None
-    for on in (False, True):
-        params = StyleParams().with_overrides(max_size=args.size, levels=args.levels,
-                                              iterations=args.iterations, seed=1, seamless=on)
-        times = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
+          f"{args.levels} levels, {args.iterations} iterations, "
+          f"NST_ENGINE_CPU_BF16={os.environ.get('NST_ENGINE_CPU_BF16')}")
+    for on in (False, True):  # both models loaded before anything is timed
+        stylize(content=tiling_content(64), styles=[(style, 1.0)], device="cpu",
+                weights=weights, params=StyleParams().with_overrides(
+                    max_size=64, levels=1, iterations=1, seamless=on))
+    ratios: dict[str, list[float]] = {"seam": [], "seam_off": [], "null": [], "neutral": [],
+                                      "plain": [], "own": [], "time": [], "cpu": []}
+    for seed in [int(v) for v in args.seeds.split(",")]:
+        content = tiling_content(args.size, seed)  # the seed changes the content's noise too
+        print(f"seed {seed}, the content itself: {seams(content)}")
+        row = {}
+        for on in (False, True):
+            params = StyleParams().with_overrides(max_size=args.size, levels=args.levels,
+                                                  iterations=args.iterations, seed=seed,
+                                                  seamless=on)
+            t, cpu = time.perf_counter(), time.process_time()
             out = stylize(content=content, styles=[(style, 1.0)], params=params, device="cpu",
                           weights=weights)
-            times.append(time.perf_counter() - t)
-        loss = style_loss(out, style, params, weights)
-        own = style_loss(out, style, params, weights, own=True)
-        base = base or (loss, min(times), own)
-        print(f"seamless={str(on):5}  {seams(out)}  style loss {loss:.4f} "
-              f"({100 * (loss / base[0] - 1):+.1f} %), in its own network {own:.4f} "
-              f"({100 * (own / base[2] - 1):+.1f} %)  time {min(times):.1f} s "
-              f"({100 * (min(times) / base[1] - 1):+.1f} %)  runs {[round(x, 1) for x in times]}")
+            row[on] = {"time": time.perf_counter() - t, "cpu": time.process_time() - cpu,
+                       "seam": seam(out),
+                       "null": seam(out, roll=4),
+                       "neutral": neutral_style_loss(out, style, params, weights),
+                       "plain": style_loss(out, style, params, weights),
+                       "own": style_loss(out, style, params, weights, own=True)}
+            print(f"seed {seed} seamless={str(on):5} {seams(out)}  style loss neutral "
+                  f"{row[on]['neutral']:.4f}, plain network {row[on]['plain']:.4f}, own "
+                  f"network {row[on]['own']:.4f}  time {row[on]['time']:.1f} s (CPU "
+                  f"{row[on]['cpu']:.1f} s)", flush=True)
+        off, on_ = row[False], row[True]
+        ratios["seam"].append(on_["seam"])
+        ratios["seam_off"].append(off["seam"])
+        ratios["null"].append(on_["null"])
+        for key in ("neutral", "plain", "own", "time", "cpu"):
+            ratios[key].append(on_[key] / off[key])
+
+    def span(v: list[float], pct: bool = False) -> str:
+        f = (lambda x: f"{100 * (x - 1):+.1f} %") if pct else (lambda x: f"{x:.3f}")
+        return f"median {f(float(np.median(v)))} ({f(min(v))} .. {f(max(v))})"
+    print(f"\nover {len(ratios['seam'])} seeds, with the option against without it:")
+    print(f"  seam ratio with the option   {span(ratios['seam'])}; without it "
+          f"{span(ratios['seam_off'])}; null (no seam there) {span(ratios['null'])}")
+    print(f"  style loss, neutral judge    {span(ratios['neutral'], True)}")
+    print(f"  style loss, plain network    {span(ratios['plain'], True)}")
+    print(f"  style loss, own networks     {span(ratios['own'], True)}")
+    print(f"  time                         {span(ratios['time'], True)}")
+    print(f"  CPU time                     {span(ratios['cpu'], True)}")
     return 0
 
 

@@ -20,7 +20,7 @@ from nst_engine.device.memory import Budget
 from nst_engine.model.layers import LAYERS
 from nst_engine.model.vgg import VGGFeatures
 from nst_engine.model.weights import load_weights
-from nst_engine.model.wrap import relu_wrap_pad, wrap_pad
+from nst_engine.model.wrap import relu_wrap_pad, relu_wrap_pad_keep, wrap_pad
 from nst_engine.transfer import levels, tiles
 from nst_engine.transfer.convert import resize
 from nst_engine.transfer.losses import TVLoss
@@ -69,6 +69,11 @@ def test_wrap_pad_is_circular_padding_with_its_gradient(shape, layout):
     assert torch.equal(relu_wrap_pad(x), F.pad(x.relu(), (1, 1, 1, 1), mode="circular"))
     assert torch.autograd.gradcheck(wrap_pad, (x,))
     assert torch.autograd.gradcheck(relu_wrap_pad, (x,))
+    padded, feature = relu_wrap_pad_keep(x)  # the activation too, for the losses
+    assert torch.equal(padded, circular.relu()) and torch.equal(feature, x.relu())
+    assert torch.autograd.gradcheck(lambda t: relu_wrap_pad_keep(t)[0] * 2, (x,))
+    assert torch.autograd.gradcheck(lambda t: sum(v.sum() * (i + 1) for i, v in
+                                                  enumerate(relu_wrap_pad_keep(t))), (x,))
     # The convolution after it runs in the layout it was given (channels-last: the engine's).
     assert (wrap_pad(x).is_contiguous(memory_format=torch.channels_last)
             == (layout == torch.channels_last))

@@ -21,7 +21,7 @@ from torch import nn
 from ..device.resolve import memory_format
 from .layers import INDEX, LAYERS, VGG19_CONFIG
 from .weights import PREPROCESS, VGGWeights
-from .wrap import relu_wrap_pad, wrap_pad
+from .wrap import relu_wrap_pad, relu_wrap_pad_keep, wrap_pad
 
 POOLINGS = ("max", "avg")
 
@@ -126,8 +126,10 @@ class VGGFeatures(nn.Module):
                 x = F.conv2d(x, module.weight, module.bias)
                 feature = x
             elif isinstance(module, nn.ReLU) and conv_next:
-                x = relu_wrap_pad(x)
-                feature = x[..., 1:-1, 1:-1]
+                if i in self._capture:
+                    x, feature = relu_wrap_pad_keep(x)
+                else:
+                    x = relu_wrap_pad(x)
             else:
                 x = feature = module(x)
                 if conv_next:

@@ -31,13 +31,13 @@ def _fill_border(y: Tensor) -> None:
     y[..., :, -1] = y[..., :, 1]
 
 
-def _add_border_grads(gx: Tensor, g: Tensor, mask: Tensor | None = None) -> None:
+def _add_border_grads(gx: Tensor, g: Tensor, relu_out: Tensor | None = None) -> None:
     """Adds the gradient that reached the padded border (``g``, padded) to the pixels it was
-    copied from (``gx``, unpadded, in place); ``mask`` (unpadded, bool) zeroes it where a ReLU
-    before the pad was off."""
+    copied from (``gx``, unpadded, in place); ``relu_out`` (unpadded): where a ReLU before the
+    pad was off (0), the gradient stops."""
     def add(target: tuple, source: Tensor) -> None:
-        if mask is not None:
-            source = source * mask[target]
+        if relu_out is not None:
+            source = source * (relu_out[target] > 0)
         gx[target] += source
     e = Ellipsis
     add((e, -1, slice(None)), g[..., 0, 1:-1])
@@ -67,20 +67,29 @@ class _WrapPad(torch.autograd.Function):
 
 class _ReluWrapPad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, keep: bool) -> tuple[Tensor, Tensor]:
         y = _padded_like(x)
-        torch.clamp(x, min=0, out=y[..., 1:-1, 1:-1])
+        inner = y[..., 1:-1, 1:-1]
+        if keep:  # the activation itself too, in ``x``'s layout (a feature the losses read)
+            feature = torch.relu(x)
+            inner.copy_(feature)
+        else:
+            torch.clamp(x, min=0, out=inner)
+            feature = x.new_empty(0)
         _fill_border(y)
         ctx.save_for_backward(y)
-        return y
+        ctx.mark_non_differentiable(*(() if keep else (feature,)))
+        return y, feature
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
+    def backward(ctx, g: Tensor, g_feature: Tensor | None) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
         inner = y[..., 1:-1, 1:-1]
         gx = torch.ops.aten.threshold_backward(g[..., 1:-1, 1:-1], inner, 0)
-        _add_border_grads(gx, g, inner > 0)
-        return gx
+        _add_border_grads(gx, g, inner)
+        if g_feature is not None and g_feature.numel():
+            gx += torch.ops.aten.threshold_backward(g_feature, inner, 0)
+        return gx, None
 
 
 def wrap_pad(x: Tensor) -> Tensor:
@@ -90,4 +99,11 @@ def wrap_pad(x: Tensor) -> Tensor:
 
 def relu_wrap_pad(x: Tensor) -> Tensor:
     """``wrap_pad(relu(x))`` in one pass over ``x``."""
-    return _ReluWrapPad.apply(x)
+    return _ReluWrapPad.apply(x, False)[0]
+
+
+def relu_wrap_pad_keep(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(wrap_pad(relu(x)), relu(x))``: for an activation the losses read too. (A view into
+    the padded tensor would do in the forward pass, but the losses' reshapes would copy it
+    across layouts, and its gradient would come back as a full padded tensor of zeros.)"""
+    return _ReluWrapPad.apply(x, True)
