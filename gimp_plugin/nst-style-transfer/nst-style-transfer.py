@@ -249,20 +249,12 @@ def run(procedure, run_mode, image, drawables, config, data):
     engine = None  # the dialog's preview engine, reused by the full run
     try:
         if run_mode == Gimp.RunMode.INTERACTIVE:
-            ok, engine = _dialog(procedure, image, drawables, config)
+            _suggest_style_layer(image, drawables, config)
+            ok, engine = _dialog(procedure, config, "Style Transfer",
+                                 _still_preview_source(drawables))
             if not ok:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        try:
-            client_mod, config_mod = _bridge()
-        except Exception:
-            raise UserError("Style Transfer is not installed completely (the nst_bridge folder "
-                            "beside the plug-in is missing). Run `python install.py` from the "
-                            "Style Transfer folder.") from None
-        try:
-            cfg = config_mod.load_config()
-        except config_mod.ConfigError as e:
-            raise UserError(str(e)) from None
-        log_dir = cfg.get("log_dir") or str(config_mod.default_log_dir())
+        client_mod, cfg, log_dir = _installed()
         jobs = _plan(image, drawables, config)
         results, notices = _stylize_all(client_mod, cfg, jobs, config, engine=engine)
         _apply(image, jobs, results)
@@ -289,24 +281,17 @@ def run(procedure, run_mode, image, drawables, config, data):
 def run_animation(procedure, run_mode, image, drawables, config, data):
     """The animation procedure (nst_animation.py): frames in, a new image out. Never raises."""
     log_dir = None
+    engine = None  # the dialog's preview engine, reused by the full run
     try:
-        if run_mode == Gimp.RunMode.INTERACTIVE and not _plain_dialog(procedure, config):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        try:
-            client_mod, config_mod = _bridge()
-            import nst_animation
-        except Exception:
-            raise UserError("Style Transfer is not installed completely (the nst_bridge folder "
-                            "or nst_animation.py beside the plug-in is missing). Run `python "
-                            "install.py` from the Style Transfer folder.") from None
-        try:
-            cfg = config_mod.load_config()
-        except config_mod.ConfigError as e:
-            raise UserError(str(e)) from None
-        log_dir = cfg.get("log_dir") or str(config_mod.default_log_dir())
-        style = config.get_property("style-layer")
-        if style is None or not style.is_valid():
-            raise UserError("Choose a style layer: the layer whose look should be transferred.")
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            _suggest_animation_style_layer(image, config)
+            ok, engine = _dialog(procedure, config, "Style Transfer (Animation)",
+                                 _animation_preview_source(image))
+            if not ok:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        nst_animation = _animation_module()
+        client_mod, cfg, log_dir = _installed()
+        _check_style(config)
         overrides = _overrides(config)
         if config.get_property("temporal-weight") >= 0:
             overrides["temporal_weight"] = float(config.get_property("temporal-weight"))
@@ -314,7 +299,8 @@ def run_animation(procedure, run_mode, image, drawables, config, data):
             new, notices = nst_animation.run(
                 client_mod, cfg, image, config, styles=_styles(client_mod, config),
                 preset=config.get_property("preset"), overrides=overrides,
-                device=_device(cfg, config), show=run_mode == Gimp.RunMode.INTERACTIVE)
+                device=_device(cfg, config), show=run_mode == Gimp.RunMode.INTERACTIVE,
+                engine=engine)
         except nst_animation.AnimationError as e:
             raise UserError(str(e)) from None
         except client_mod.EngineFailed as e:
@@ -332,24 +318,40 @@ def run_animation(procedure, run_mode, image, drawables, config, data):
         return _failure(procedure, f"Style Transfer failed unexpectedly ({type(e).__name__}: "
                                    f"{e}).{where} Please report it with that file.")
     finally:
+        if engine is not None:
+            engine.close()  # done with it (a no-op when the run closed it already)
         try:
             Gimp.progress_end()
         except Exception:
             pass
 
 
-def _plain_dialog(procedure, config):
-    """The procedure's arguments in GIMP's own dialog (no preview); True on OK."""
-    gi.require_version("GimpUi", "3.0")
-    from gi.repository import GimpUi
-
-    GimpUi.init(ANIMATION_PROC)
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Style Transfer (Animation)")
-    dialog.fill(None)
+def _installed():
+    """(the bridge's client module, config.json's values, the log folder), for a run of either
+    procedure; UserError saying what to do when the installation is incomplete or config.json
+    is missing or broken."""
     try:
-        return dialog.run()
-    finally:
-        dialog.destroy()
+        client_mod, config_mod = _bridge()
+    except Exception:
+        raise UserError("Style Transfer is not installed completely (the nst_bridge folder "
+                        "beside the plug-in is missing). Run `python install.py` from the "
+                        "Style Transfer folder.") from None
+    try:
+        cfg = config_mod.load_config()
+    except config_mod.ConfigError as e:
+        raise UserError(str(e)) from None
+    return client_mod, cfg, cfg.get("log_dir") or str(config_mod.default_log_dir())
+
+
+def _animation_module():
+    """nst_animation.py, beside this file; imported on use so a still never needs it."""
+    try:
+        import nst_animation  # noqa: WPS433
+    except Exception:
+        raise UserError("Style Transfer is not installed completely (nst_animation.py beside "
+                        "the plug-in is missing). Run `python install.py` from the Style "
+                        "Transfer folder.") from None
+    return nst_animation
 
 
 def _failure(procedure, message):
@@ -372,21 +374,22 @@ def _log_traceback(log_dir):
         return ""
 
 
-def _dialog(procedure, image, drawables, config):
-    """(ok, engine): the user's answer, and the preview's started engine client for the full
-    run to reuse (None when the preview started none)."""
+def _dialog(procedure, config, title, preview_source):
+    """Either procedure's dialog: GIMP's fields for its arguments, the preview pane beside them.
+    ``preview_source(config, longest)``: what the preview repaints (``_still_preview_source``,
+    ``_animation_preview_source``). Returns (ok, engine): the user's answer, and the preview's
+    started engine client for the full run to reuse (None when the preview started none)."""
     # GIMP 3.2's own plug-ins import GimpUi only for interactive runs; 3.0 allows either.
     # Importing it here keeps batch runs free of GTK on both.
     gi.require_version("GimpUi", "3.0")
     from gi.repository import GimpUi
 
-    GimpUi.init(PROC_NAME)
-    _suggest_style_layer(image, drawables, config)
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, "Style Transfer")
+    GimpUi.init(procedure.get_name())
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     dialog.fill(None)
     for name in ("style-layer", "style-layer-2"):
         _show_thumbnail_once_sized(dialog, name)
-    preview = _attach_preview(dialog, drawables, config)
+    preview = _attach_preview(dialog, config, preview_source)
     ok = dialog.run()
     dialog.hide()
     engine = None
@@ -400,12 +403,14 @@ def _dialog(procedure, image, drawables, config):
 
 #: The arguments whose change makes a preview out of date (max-size and iterations only
 #: matter below the preview's own schedule; a change that leaves it alone is not redone).
+#: Those a procedure lacks (the animation's: seamless) are left out; its own (loop,
+#: temporal-weight) do not change its first frame's preview.
 PREVIEW_ARGUMENTS = ("style-layer", "preset", "strength", "max-size", "iterations",
                      "preserve-colors", "seed", "device", "style-layer-2", "style-mix",
                      "seamless")
 
 
-def _attach_preview(dialog, drawables, config):
+def _attach_preview(dialog, config, preview_source):
     """The preview pane beside the dialog's fields (nst_preview.py), or None when the
     installation lacks it: the dialog then works as before, and run() reports the problem."""
     try:
@@ -425,37 +430,27 @@ def _attach_preview(dialog, drawables, config):
             raise UserError(str(e)) from None
         if force:
             styles.clear()
-        return _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, styles)
+        return _preview_job(nst_preview, client_mod, cfg, config, preview_source, seed, styles)
 
     def make_client(fresh):
         return client_mod.EngineClient.from_config(config_mod.load_config(), fresh=fresh)
 
+    names = {p.name for p in config.list_properties()}
     try:
         return nst_preview.PreviewPane(dialog, config, build_job, FreshRetry(make_client),
-                                       PREVIEW_ARGUMENTS)
+                                       [n for n in PREVIEW_ARGUMENTS if n in names])
     except Exception:
         _log_traceback(None)  # a broken preview must not cost the user the dialog
         return None
 
 
-def _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, style_cache):
-    """A PreviewJob for the first selected layer: its region plus context margin (as the full
-    run crops it), read at preview size, with the dialog's settings and a short schedule.
+def _preview_job(nst_preview, client_mod, cfg, config, preview_source, seed, style_cache):
+    """A PreviewJob: ``preview_source``'s pixels at preview size, with the dialog's settings
+    and a short schedule.
 
     Seed -1 (random) would make every preview differ even when nothing changed; the preview
     uses one seed per dialog instead, so two previews differ only by their settings."""
-    from nst_bridge.wire import RGBAImage
-
-    _check_arguments(drawables, config)
-    layer = drawables[0]
-    region, crop = _region(layer, _seamless(config))
-    scale = _fit_scale(crop[2], crop[3], nst_preview.PREVIEW_SIZE)
-    cw, ch = _scaled(crop, scale)[2:]
-    content = RGBAImage(cw, ch, _read(layer, crop, scale))
-    sx = min(cw - 1, round((region[0] - crop[0]) * scale))
-    sy = min(ch - 1, round((region[1] - crop[1]) * scale))
-    show = (sx, sy, max(1, min(cw - sx, round(region[2] * scale))),
-            max(1, min(ch - sy, round(region[3] * scale))))
+    content, show, where, caption = preview_source(config, nst_preview.PREVIEW_SIZE)
     second = config.get_property("style-layer-2")
     key = (config.get_property("style-layer").get_id(),
            second.get_id() if second is not None and second.is_valid() else None,
@@ -466,9 +461,62 @@ def _preview_job(nst_preview, client_mod, cfg, drawables, config, seed, style_ca
     styles = style_cache[key]
     overrides = nst_preview.preview_overrides({"seed": seed, **_overrides(config)})
     preset, device = config.get_property("preset"), _device(cfg, config)
-    settings = {"layer": layer.get_id(), "crop": list(crop), "styles": list(key),
-                "preset": preset, "overrides": overrides, "device": device}
-    return nst_preview.PreviewJob(content, styles, preset, overrides, device, show, settings)
+    settings = {**where, "styles": list(key), "preset": preset, "overrides": overrides,
+                "device": device}
+    return nst_preview.PreviewJob(content, styles, preset, overrides, device, show, settings,
+                                  caption=caption)
+
+
+def _still_preview_source(drawables):
+    """The still's preview source: ``source(config, longest)`` is (content, the region's place
+    in it, the settings that say what was read, a caption), for the first selected layer's
+    region plus context margin, as the full run crops it."""
+    def source(config, longest):
+        _check_arguments(drawables, config)
+        layer = drawables[0]
+        region, crop = _region(layer, _seamless(config))
+        content, show = _preview_content(layer, crop, region, longest)
+        return content, show, {"layer": layer.get_id(), "crop": list(crop)}, \
+            "the region to repaint"
+    return source
+
+
+def _animation_preview_source(image):
+    """The animation's preview source (as ``_still_preview_source``'s): the first frame over
+    the region the run reads (the canvas or the selection's bounding box; no margin, as the run
+    sends none). The frames are looked up for each preview: choosing a style layer of this
+    image changes which they are."""
+    def source(config, longest):
+        nst_animation = _animation_module()
+        _check_style(config)
+        frames = nst_animation.frames_of(image, config)
+        if not frames:
+            raise UserError("This image has no frame left to preview: its top-level layers "
+                            "are the frames, and the style layer is not one. Choose a style "
+                            "layer in another image.")
+        first = frames[0]
+        x, y, w, h = nst_animation.region_of(image)   # image coordinates
+        _, ox, oy = first.get_offsets()
+        crop = (x - ox, y - oy, w, h)                  # the frame's coordinates
+        content, show = _preview_content(first, crop, crop, longest, Gegl.AbyssPolicy.NONE)
+        return content, show, {"layer": first.get_id(), "crop": [x, y, w, h]}, \
+            f"the first frame, “{first.get_name()}”"
+    return source
+
+
+def _preview_content(layer, crop, region, longest, abyss=Gegl.AbyssPolicy.CLAMP):
+    """(content, show): ``crop`` of the layer read scaled to at most ``longest`` px, and where
+    ``region`` (inside ``crop``; layer coordinates) lies in its pixels."""
+    from nst_bridge.wire import RGBAImage
+
+    scale = _fit_scale(crop[2], crop[3], longest)
+    cw, ch = _scaled(crop, scale)[2:]
+    content = RGBAImage(cw, ch, _read(layer, crop, scale, abyss))
+    sx = min(cw - 1, round((region[0] - crop[0]) * scale))
+    sy = min(ch - 1, round((region[1] - crop[1]) * scale))
+    show = (sx, sy, max(1, min(cw - sx, round(region[2] * scale))),
+            max(1, min(ch - sy, round(region[3] * scale))))
+    return content, show
 
 
 def _show_thumbnail_once_sized(dialog, name):
@@ -514,6 +562,20 @@ def _suggest_style_layer(image, drawables, config):
             return
 
 
+def _suggest_animation_style_layer(image, config):
+    """Pre-select the top layer of another open image when no style layer is remembered. An
+    animation's own layers are its frames, so its style usually lives in another image (a
+    layer of this one chosen as the style stops being a frame)."""
+    current = config.get_property("style-layer")
+    if current is not None and current.is_valid():
+        return
+    for other in Gimp.get_images():
+        layers = other.get_layers() if other.get_id() != image.get_id() else []
+        if layers:
+            config.set_property("style-layer", layers[0])
+            return
+
+
 # ---------------------------------------------------------------------------- planning
 
 class Job:
@@ -549,6 +611,11 @@ def _check_arguments(drawables, config):
         if not isinstance(d, Gimp.Layer):
             raise UserError(f"“{d.get_name()}” is a mask or channel. Style Transfer repaints "
                             "layers: select a layer in the Layers dialog.")
+    _check_style(config)
+
+
+def _check_style(config):
+    """UserError unless a style layer is chosen."""
     style = config.get_property("style-layer")
     if style is None or not style.is_valid():
         raise UserError("Choose a style layer: the layer whose look should be transferred.")
@@ -581,13 +648,13 @@ def _widen(region, layer_w, layer_h):
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def _read(drawable, rect, scale=1.0):
+def _read(drawable, rect, scale=1.0, abyss=Gegl.AbyssPolicy.CLAMP):
     """The pixels of ``rect`` (layer coordinates); with ``scale`` < 1, ``rect`` is read scaled
-    down by GEGL to ``_scaled(rect, scale)``'s size."""
+    down by GEGL to ``_scaled(rect, scale)``'s size. ``abyss``: what lies outside the layer
+    (an animation frame's rectangle may reach past it: NONE, transparent)."""
     x, y, w, h = _scaled(rect, scale)
     buf = drawable.get_buffer()
-    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), scale, PIXEL_FORMAT,
-                         Gegl.AbyssPolicy.CLAMP))
+    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), scale, PIXEL_FORMAT, abyss))
 
 
 def _scaled(rect, scale):

@@ -204,9 +204,12 @@ def _write(drawable, rect, fmt, data):
     drawable.update(x, y, w, h)
 
 
-def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show):
+def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show,
+        engine=None):
     """Style every frame; returns (new image, notices). Raises AnimationError (the message
-    says which frames were kept) and nst_bridge's EngineFailed before any frame is done."""
+    says which frames were kept) and nst_bridge's EngineFailed before any frame is done.
+    ``engine``: a started client to use first (the dialog preview's); closed here like one
+    started here."""
     from nst_bridge.retry import FreshRetry
     from nst_bridge.wire import MAX_ANIMATION_FRAMES, RGBAImage
 
@@ -232,8 +235,8 @@ def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, sh
     bar = FrameProgress(len(frames))
     Gimp.progress_init("Style Transfer: starting the engine")
     result = Result(image, region, show, mask)
-    retrying = FreshRetry(lambda fresh: client_mod.EngineClient.from_config(cfg, fresh=fresh))
-    clip = {"start": 0}
+    retrying = FreshRetry(lambda fresh: client_mod.EngineClient.from_config(cfg, fresh=fresh),
+                          engine)
 
     def stylize_the_rest(client):
         # A fresh engine after a dead warm one knows nothing of the clip: the frames not yet

@@ -39,9 +39,11 @@ class PreviewJob:
 
     ``content`` covers the region plus its context margin (as the full run does), at preview
     size; ``show`` is the region inside it, in the content's pixels; ``settings`` is what makes
-    two previews differ (equal settings: no need to redo one)."""
+    two previews differ (equal settings: no need to redo one); ``caption``: what the picture
+    is, for the status line ("the region to repaint", an animation's first frame)."""
 
-    def __init__(self, content, styles, preset, overrides, device, show, settings):
+    def __init__(self, content, styles, preset, overrides, device, show, settings,
+                 caption="the region to repaint"):
         self.content = content      # RGBAImage
         self.styles = styles        # [(RGBAImage, weight)]
         self.preset = preset
@@ -49,6 +51,7 @@ class PreviewJob:
         self.device = device
         self.show = show            # (x, y, w, h) in content pixels
         self.settings = settings    # JSON-able dict
+        self.caption = caption
 
 
 def preview_overrides(overrides):
@@ -454,7 +457,7 @@ class PreviewPane:
                                              0x999999, 0x666666)
         self._image.set_from_pixbuf(flat or pixbuf)
         self._shown = job.settings
-        self._say(f"Preview of the region to repaint ({w}×{h} px).")
+        self._say(f"Preview of {job.caption} ({w}×{h} px).")
         # E.g. weights that are not the verified VGG19: the preview must not pass for the real
         # thing. The full notice is the tooltip (and a message after the full run).
         if notices:

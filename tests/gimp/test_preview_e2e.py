@@ -5,7 +5,9 @@ layer; scripts/gui_preview_driver.py plays the user through X (xdotool). First d
 lower Iterations (6: a short test; typed while the automatic preview is on its way, it also
 cancels that one), waits for the preview, types strength 0, waits for the preview to be
 redone, then presses Escape (Cancel). Second dialog: it types a tiny schedule, waits for a
-preview and presses OK: the run must succeed on the preview's engine.
+preview and presses OK: the run must succeed on the preview's engine. The animation's dialog
+(scripts/gui_animation_preview.py, the driver's "animation" mode): the same pane, previewing the
+first frame over the selection's bounding box; OK runs the animation on the preview's engine.
 
 How the test sees the previews (decision): the plug-in's test hook NST_PREVIEW_DUMP_DIR makes the
 dialog write every finished preview there as raw RGBA plus a JSON description (size and the
@@ -103,3 +105,56 @@ def test_ok_runs_the_full_job_on_the_previews_engine(gui):
 def test_no_engine_or_gimp_process_is_left(gui):
     assert gui["procs"] == [], gui["procs"]
     assert gui["runner_rc"] == 0, "GIMP did not quit by itself"
+
+
+# ---------------------------------------------------------------- the animation's dialog
+
+@pytest.fixture(scope="module")
+def anim_gui(gimp):
+    """scripts/gui_animation_preview.py: the Style Transfer (Animation) dialog over a 3-frame
+    animation (a rectangle selected, the painting in another image), worked by the driver:
+    Iterations 2, a preview, strength 0, a preview, OK."""
+    dump = f"{gimp.work}/animation-previews"
+    found = gimp.run_gui("gui_animation_preview.py", "gui animation preview", timeout=900,
+                         NST_PREVIEW_DUMP_DIR=dump)
+    found["pixels"] = [gimp.tree.host_path(f"{dump}/preview-{p['index']:03d}.rgba")
+                       .read_bytes() for p in found["driver"].get("previews", [])]
+    return found
+
+
+def _mean_difference(a: bytes, b: bytes) -> float:
+    """Mean absolute difference of the RGB bytes of two same-size RGBA buffers."""
+    assert len(a) == len(b)
+    diffs = [abs(x - y) for i, (x, y) in enumerate(zip(a, b)) if i % 4 != 3]
+    return sum(diffs) / len(diffs)
+
+
+def test_the_animation_dialog_previews_its_first_frame(anim_gui):
+    previews = anim_gui["driver"]["previews"]
+    assert previews, f"no preview was shown: {anim_gui['driver']['log']}"
+    x, y, w, h = anim_gui["selection"]
+    # The region the run reads: the selection's bounding box (small: shown at its own size).
+    assert all((p["width"], p["height"]) == (w, h) for p in previews), previews
+    assert all(p["settings"]["crop"] == [x, y, w, h] for p in previews)
+    # Strength 0 (no style): the picture is the first frame's region, not another frame's.
+    last = previews[-1]
+    assert last["settings"]["overrides"]["strength"] == 0.0, anim_gui["driver"]["log"]
+    frames = [bytes.fromhex(f) for f in anim_gui["frames_in_region"]]
+    distance = [_mean_difference(anim_gui["pixels"][-1], f) for f in frames]
+    assert distance[0] < 12 and distance[0] < 0.3 * min(distance[1:]), distance
+
+
+def test_ok_runs_the_animation_on_the_previews_engine(anim_gui):
+    assert anim_gui["driver"].get("pressed_ok"), anim_gui["driver"]["log"]
+    assert anim_gui["status"] == "success", anim_gui.get("message")
+    assert anim_gui["new_size"] == [96, 64]  # a selection keeps the canvas
+    assert anim_gui["new_layers"] == ["Frame 3 (200ms) (replace)", "Frame 2 (120ms) (combine)",
+                                      "Background (80ms)"]
+    # One engine start in this dialog's life: the preview's, handed to the run on OK.
+    assert anim_gui["engine_log"].count("starting engine") == 1, anim_gui["engine_log"]
+    assert anim_gui["after"] == anim_gui["before"] and not anim_gui["dirty"]
+
+
+def test_the_animation_dialog_leaves_no_process(anim_gui):
+    assert anim_gui["procs"] == [], anim_gui["procs"]
+    assert anim_gui["runner_rc"] == 0, "GIMP did not quit by itself"

@@ -1,8 +1,10 @@
-# The user's side of gui_preview.py: works the Style Transfer dialog through X (xdotool's
-# XTest key presses; no window manager under Xvfb, so the dialog is raised and focused
-# directly) and watches the previews the plug-in writes to $NST_PREVIEW_DUMP_DIR. Writes what it
-# did and saw to OUT.driver.json.
-#   usage: gui_preview_driver.py shot|cancel|ok OUT
+# The user's side of gui_preview.py and gui_animation_preview.py: works the Style Transfer
+# dialog through X (xdotool's XTest key presses; no window manager under Xvfb, so the dialog is
+# raised and focused directly) and watches the previews the plug-in writes to
+# $NST_PREVIEW_DUMP_DIR. Writes what it did and saw to OUT.driver.json.
+#   usage: gui_preview_driver.py shot|cancel|ok|animation OUT
+#   animation: the Style Transfer (Animation) dialog: Iterations 2, a preview, strength 0, a
+#   preview, OK (a tiny run on the preview's engine).
 import glob
 import json
 import os
@@ -31,17 +33,20 @@ def x(*args):
     return done.stdout.strip()
 
 
+TITLE = "^Style Transfer \\(Animation\\)$" if MODE == "animation" else "^Style Transfer$"
+
+
 def find_dialog(seconds=FIRST_PREVIEW_S):
     """The dialog's window id. ``xdotool search`` fails outright (BadWindow) when a window
     vanishes while it walks the tree, e.g. the previous dialog's as its plug-in exits: then an
     empty id would focus nothing and every key press would be lost, so search again."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        ids = x("search", "--onlyvisible", "--name", "^Style Transfer$").split()
+        ids = x("search", "--onlyvisible", "--name", TITLE).split()
         if ids:
             return ids[0]
         time.sleep(0.5)
-    raise RuntimeError(f"no visible 'Style Transfer' window within {seconds:.0f} s")
+    raise RuntimeError(f"no visible {TITLE!r} window within {seconds:.0f} s")
 
 
 def focus(window):
@@ -121,6 +126,15 @@ try:
                       lambda p: overrides(p)["strength"] == float(NEW_STRENGTH),
                       "preview with new strength", (30.0, NEXT_PREVIEW_S, NEXT_PREVIEW_S))
         capture(window, OUT + ".png")
+    elif MODE == "animation":  # previews of the first frame, then a tiny run: OK
+        if set_field(window, "alt+i", "2", lambda p: overrides(p)["iterations"] == 2,
+                     "preview with 2 steps", (60.0, FIRST_PREVIEW_S, FIRST_PREVIEW_S)):
+            if set_field(window, "alt+n", NEW_STRENGTH, lambda p: overrides(p)["iterations"] == 2
+                         and overrides(p)["strength"] == float(NEW_STRENGTH),
+                         "preview with new strength", (30.0, NEXT_PREVIEW_S, NEXT_PREVIEW_S)):
+                focus(window)
+                x("key", "alt+o")  # _OK
+                found["pressed_ok"] = True
     else:  # ok: a tiny full run, once the preview has started its engine
         if set_field(window, "alt+x", "64", lambda p: overrides(p)["max_size"] == 64,
                      "preview at 64 px", (60.0, FIRST_PREVIEW_S, FIRST_PREVIEW_S)):
