@@ -30,11 +30,12 @@ class Level:
     hw: tuple[int, int]   # the size it optimises at
     steps: int            # optimiser steps per tile
     tile: int | None      # longest side of its tiles; None = the whole image at once
+    wrap: bool = False    # seamless: its tiles go around a torus (``tiles.grid``)
 
     @cached_property
     def tiles(self) -> list[tiles.Tile]:
         """Its tiles in the order they run (one covering it all when it runs whole)."""
-        return tiles.grid(self.hw, self.tile or max(self.hw))
+        return tiles.grid(self.hw, self.tile or max(self.hw), self.wrap)
 
     @property
     def work(self) -> int:
@@ -77,17 +78,12 @@ def finest_side(params: StyleParams, hw: tuple[int, int], device: torch.device,
 def plan(params: StyleParams, hw: tuple[int, int], device: torch.device,
          memory: Budget) -> list[Level]:
     finest = finest_side(params, hw, device, memory)
-    if params.seamless:
-        # Seamless runs every level whole (tiles would need blending across the wrap): at most
-        # as large as fits untiled; the final resize brings it to the image's size, wrapping.
-        finest = min(finest, max(MIN_LONGEST, memory.largest_side(hw)))
     multiple = WRAP_MULTIPLE if params.seamless else 1
     out = []
     for i, (size, steps) in enumerate(zip(params.level_sizes(finest),
                                           params.level_iterations(finest)), 1):
         lhw = level_shape(*hw, size, multiple)
-        out.append(Level(i, lhw, steps,
-                         None if params.seamless else tile_for(lhw, params, memory)))
+        out.append(Level(i, lhw, steps, tile_for(lhw, params, memory), params.seamless))
     return out
 
 

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -123,7 +124,9 @@ def _stylize(content: Image.Image, styles: Sequence[tuple[Image.Image, float]],
         run.levels[:] = frame.plan(run.levels)
         image = frame.start(dev)
     for level in list(run.levels):
-        image = _level_with_retry(run, level, image=image, model=model, content=target_rgb,
+        image = _level_with_retry(run, level, image=image, model=model,
+                                  plain_model=lambda: model_for(weights, weights_kind, replace(
+                                      params, seamless=False), dev)[0], content=target_rgb,
                                   styles=style_data, generator=generator, draws=draws,
                                   check_cancel=check_cancel, frame=frame)
     if frame is not None:
@@ -162,9 +165,7 @@ def _level_with_retry(run: RunState, level: levels.Level, **kw) -> Tensor:
         # of a warm engine): the table's figure was too small for this device.
         out_of_memory(run.dev, run.amp, _largest_piece(attempt), run.params.style_loss)
         release_cached(run.dev)
-        # Seamless levels run whole (``levels.plan``): no tiles to retry in.
-        tile = (None if retry or run.params.seamless
-                else levels.smaller_tile(attempt, run.memory))
+        tile = None if retry else levels.smaller_tile(attempt, run.memory)
         if tile is None:
             break
         attempt = run.retry(attempt, tile, done)
@@ -195,9 +196,13 @@ def _style_level(styles, hw, params: StyleParams, memory: Budget, dev: torch.dev
     return out
 
 
-def _run_level(run: RunState, level: levels.Level, *, image, model, content, styles, generator,
-               draws, check_cancel, frame=None) -> Tensor:
+def _run_level(run: RunState, level: levels.Level, *, image, model, plain_model, content, styles,
+               generator, draws, check_cancel, frame=None) -> Tensor:
     """Optimise one pyramid level, whole or tile by tile; returns the level's image.
+
+    Seamless levels in tiles: a tile is a crop, not a period, so inside it the padding and the
+    smoothness term do not wrap (``plain_model``: the network with zero padding); the wrap is in
+    the tiles' grid, which goes around the border (``tiles.grid``).
 
     A tiled level keeps its canvas and content on the device when they fit beside a tile
     (``Budget.holds_canvas``: 36 bytes a pixel), and blends each tile there; else on the CPU,
@@ -211,7 +216,10 @@ def _run_level(run: RunState, level: levels.Level, *, image, model, content, sty
     if measure:
         allocated = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    objective = Objective(model, params, _style_level(styles, hw, params, run.memory, dev),
+    per_tile = params
+    if level.wrap and level.tile is not None:
+        per_tile, model = replace(params, seamless=False), plain_model()
+    objective = Objective(model, per_tile, _style_level(styles, hw, params, run.memory, dev),
                           run.amp, generator, draws)
     c_lvl = resize(content, hw, params.seamless).to(store)
     if image is None:
@@ -225,10 +233,10 @@ def _run_level(run: RunState, level: levels.Level, *, image, model, content, sty
     temporal = frame.term(hw, store) if frame is not None else None
     for tile in level.tiles:
         ys, xs = tile.slices
-        objective.set_content(c_lvl[..., ys, xs].to(dev))
+        objective.set_content(tiles.crop(c_lvl, tile).to(dev))
         objective.extra = None if temporal is None else temporal.crop(ys, xs, dev)
         run.start_tile((ys.stop - ys.start) * (xs.stop - xs.start))
-        result = optimise(run, objective, start[..., ys, xs].to(dev), level.steps,
+        result = optimise(run, objective, tiles.crop(start, tile).to(dev), level.steps,
                           check_cancel)
         if level.tile is None:
             canvas = result
