@@ -85,7 +85,8 @@ class StyleParams:
                                  kind=bool)
     seamless: bool = _key(False, "the result tiles: its left edge continues its right edge and "
                           "its top its bottom (circular padding, wrapping TV loss and resizes; "
-                          "every level runs untiled); a content that does not tile itself "
+                          "tiles, when a level needs them, go around the border too); a content "
+                          "that does not tile itself "
                           "keeps its own seam", kind=bool)
     seed: int | None = _key(None, "random seed; null = a new one each run", kind=int,
                             lo=0, hi=2**63 - 1, nullable=True)
