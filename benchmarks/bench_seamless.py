@@ -84,6 +84,16 @@ def seams(img: Image.Image) -> str:
             f"null {seam(img, roll=4):.3f})")
 
 
+def joins(img: Image.Image, tile: int, wrap: bool) -> float:
+    """``tiles.seam_ratio`` of the blended bands between the finest level's tiles (the
+    wrap's band left out: the seam row measures it)."""
+    a = torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1)
+    grid = tiles.grid(tuple(a.shape[-2:]), tile, wrap)
+    rows, cols = tiles.seams(grid)
+    h, w = a.shape[-2:]
+    return tiles.seam_ratio(a, [r for r in rows if r[1] <= h], [c for c in cols if c[1] <= w])
+
+
 def neutral_style_loss(img: Image.Image, style: Image.Image, params: StyleParams,
                        weights) -> float:
     """The style loss under a network neither run optimised with: zero padding, the image
@@ -132,6 +142,8 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--levels", type=int, default=2)
     ap.add_argument("--seeds", default="1,2,3", help="one pair of runs per seed")
+    ap.add_argument("--tile", type=int, help="run in tiles of this side (seamless: around a "
+                    "torus); the seam row then also gives the joins between tiles")
     ap.add_argument("--weights", help="VGG19 weights (default: random ones made here)")
     args = ap.parse_args()
     weights = args.weights or make_random_vgg19_file(
@@ -153,7 +165,7 @@ def main() -> int:
         for on in (False, True):
             params = StyleParams().with_overrides(max_size=args.size, levels=args.levels,
                                                   iterations=args.iterations, seed=seed,
-                                                  seamless=on)
+                                                  seamless=on, tile_size=args.tile)
             t, cpu = time.perf_counter(), time.process_time()
             out = stylize(content=content, styles=[(style, 1.0)], params=params, device="cpu",
                           weights=weights)
@@ -163,6 +175,8 @@ def main() -> int:
                        "neutral": neutral_style_loss(out, style, params, weights),
                        "plain": style_loss(out, style, params, weights),
                        "own": style_loss(out, style, params, weights, own=True)}
+            if args.tile:
+                print(f"  joins between tiles: {joins(out, args.tile, on):.3f}")
             print(f"seed {seed} seamless={str(on):5} {seams(out)}  style loss neutral "
                   f"{row[on]['neutral']:.4f}, plain network {row[on]['plain']:.4f}, own "
                   f"network {row[on]['own']:.4f}  time {row[on]['time']:.1f} s (CPU "

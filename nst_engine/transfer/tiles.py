@@ -76,7 +76,10 @@ def _torus_starts(length: int, tile: int, overlap: int) -> tuple[list[int], int]
     next, the last with the first across the border."""
     overlap = min(overlap, length // 4)
     n = max(2, math.ceil(length / (tile - overlap)))
-    return [round(i * length / n) for i in range(n)], math.ceil(length / n) + overlap
+    # Full-size tiles, as ``_starts`` gives, so neighbours share as much; a side shorter than
+    # a tile still gets two (a tile as long as the side would meet itself).
+    size = tile if tile < length else math.ceil(length / n) + overlap
+    return [round(i * length / n) for i in range(n)], size
 
 
 def _torus_grid(hw: tuple[int, int], tile: int) -> list[Tile]:
