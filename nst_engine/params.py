@@ -92,7 +92,7 @@ class StyleParams:
                             lo=0, hi=2**63 - 1, nullable=True)
     strength: float = _key(1.0, "multiplies style_weight", kind=float, lo=0.0, hi=10.0)
     temporal_weight: float = _key(
-        60.0, "animations: weight of the temporal loss that ties each frame to the earlier "
+        100.0, "animations: weight of the temporal loss that ties each frame to the earlier "
         "results warped by the optical flow (Ruder et al.); 0 = every frame styled on its own; "
         "higher = steadier but the style loss rises (benchmarks/README.md)",
         kind=float, lo=0.0, hi=1e9)
