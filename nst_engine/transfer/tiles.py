@@ -119,8 +119,14 @@ def crop(img: Tensor, tile: Tile) -> Tensor:
     if not tile.wraps:
         ys, xs = tile.slices
         return img[..., ys, xs]
-    return img.roll((-tile.top, -tile.left), (-2, -1))[..., :tile.bottom - tile.top,
-                                                       :tile.right - tile.left]
+    rows, cols = _wrapped_indices(tile, img.shape[-2:], img.device)
+    return img.index_select(-2, rows).index_select(-1, cols)
+
+
+def _wrapped_indices(tile: Tile, hw, device) -> tuple[Tensor, Tensor]:
+    """The image rows and columns a tile covers, around the border."""
+    return (torch.arange(tile.top, tile.bottom, device=device) % hw[0],
+            torch.arange(tile.left, tile.right, device=device) % hw[1])
 
 
 def seams(tiles: list[Tile]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -274,19 +280,19 @@ def seam_ratio(img: Tensor, rows: list[tuple[int, int]], cols: list[tuple[int, i
 
 
 def _blend_across_the_border(canvas: Tensor, tile: Tile, result: Tensor) -> None:
-    """``blend_into`` for a tile that reaches across the border (seamless): on the canvas
-    rolled so the tile starts at the origin, its top and left bands as any tile's; its bottom
-    and right bands (the first tile row's and column's pixels) the same way on the canvas
-    flipped, where they are a top and a left band."""
+    """``blend_into`` for a tile that reaches across the border (seamless), on a copy of the
+    canvas's pixels under the tile (read and written back around the border): its top and left
+    bands as any tile's; its bottom and right bands (the first tile row's and column's pixels)
+    the same way on the copy flipped, where they are a top and a left band."""
     h, w = tile.bottom - tile.top, tile.right - tile.left
-    rolled = canvas.roll((-tile.top, -tile.left), (-2, -1))
-    earlier = rolled[..., :h, :w].clone()
-    blend_into(rolled, Tile(0, 0, h, w, tile.overlap_top, tile.overlap_left), result)
-    region = rolled[..., :h, :w]
+    rows, cols = _wrapped_indices(tile, canvas.shape[-2:], canvas.device)
+    region = canvas.index_select(-2, rows).index_select(-1, cols)
+    earlier = region.clone()
+    blend_into(region, Tile(0, 0, h, w, tile.overlap_top, tile.overlap_left), result)
     for dim, band in ((-2, tile.overlap_bottom), (-1, tile.overlap_right)):
         if band:
             flipped = earlier.flip(dim)
             blend_into(flipped, Tile(0, 0, h, w, band if dim == -2 else 0,
                                      band if dim == -1 else 0), region.flip(dim))
             region.copy_(flipped.flip(dim))
-    canvas.copy_(rolled.roll((tile.top, tile.left), (-2, -1)))
+    canvas[..., rows[:, None], cols[None, :]] = region
