@@ -91,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                         "optical flow (temporal_weight; needs OpenCV: pip install "
                         "opencv-python-headless), so the style does not flicker")
     s.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
-                   help="the animation loops: tie the last frame to the first too (default: "
-                        "as the input file says)")
+                   help="the animation loops: lead the frames back to the first, so the last "
+                        "flows into it (default: as the input file says)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     pr = sub.add_parser("presets", help="list presets, or show one fully resolved")
