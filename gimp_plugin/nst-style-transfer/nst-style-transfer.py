@@ -300,7 +300,7 @@ def run_animation(procedure, run_mode, image, drawables, config, data):
                 client_mod, cfg, image, config, styles=_styles(client_mod, config),
                 preset=config.get_property("preset"), overrides=overrides,
                 device=_device(cfg, config), show=run_mode == Gimp.RunMode.INTERACTIVE,
-                engine=engine)
+                widen=_widen, engine=engine)
         except nst_animation.AnimationError as e:
             raise UserError(str(e)) from None
         except client_mod.EngineFailed as e:
@@ -483,9 +483,9 @@ def _still_preview_source(drawables):
 
 def _animation_preview_source(image):
     """The animation's preview source (as ``_still_preview_source``'s): the first frame over
-    the region the run reads (the canvas or the selection's bounding box; no margin, as the run
-    sends none). The frames are looked up for each preview: choosing a style layer of this
-    image changes which they are."""
+    what the run reads (the canvas, or the selection's bounding box plus context margin), the
+    bounding box shown. The frames are looked up for each preview: choosing a style layer of
+    this image changes which they are."""
     def source(config, longest):
         nst_animation = _animation_module()
         _check_style(config)
@@ -495,11 +495,12 @@ def _animation_preview_source(image):
                             "are the frames, and the style layer is not one. Choose a style "
                             "layer in another image.")
         first = frames[0]
-        x, y, w, h = nst_animation.region_of(image)   # image coordinates
+        region, crop = nst_animation.regions_of(image, _widen)   # image coordinates
         _, ox, oy = first.get_offsets()
-        crop = (x - ox, y - oy, w, h)                  # the frame's coordinates
-        content, show = _preview_content(first, crop, crop, longest, Gegl.AbyssPolicy.NONE)
-        return content, show, {"layer": first.get_id(), "crop": [x, y, w, h]}, \
+        content, show = _preview_content(                        # the frame's coordinates
+            first, (crop[0] - ox, crop[1] - oy, *crop[2:]),
+            (region[0] - ox, region[1] - oy, *region[2:]), longest, Gegl.AbyssPolicy.NONE)
+        return content, show, {"layer": first.get_id(), "crop": list(crop)}, \
             f"the first frame, “{first.get_name()}”"
     return source
 
@@ -641,6 +642,8 @@ def _region(layer, seamless=False):
 
 
 def _widen(region, layer_w, layer_h):
+    """``region`` plus the context margin, clipped to 0..layer_w × 0..layer_h (a layer's, or
+    for an animation the canvas: nst_animation.regions_of is given this function)."""
     x, y, w, h = region
     m = int(min(MARGIN_MAX, max(MARGIN_MIN, MARGIN_FRACTION * max(w, h))))
     x0, y0 = max(0, x - m), max(0, y - m)

@@ -3,15 +3,17 @@ flicker, into a new image. Imported by nst-style-transfer.py (install.py copies 
 
 GIMP's animation convention: the image's top-level layers are the frames, the bottom one
 first, each frame's delay and disposal in its name (``Frame 2 (80ms) (replace)``); a layer
-group is one frame. Each frame is read over the image's canvas (or the selection's bounding
-box), sent to the engine as one ``stylize`` with ``animation`` {clip, frame, frames, loop}
-(docs/PROTOCOL.md), and its result becomes a layer of a NEW image, named exactly as its source
-(so the tags stay and GIMP's playback and GIF/WebP export read them), in the same order.
+group is one frame. Each frame is read over the image's canvas (or, with a selection, its
+bounding box plus the still's context margin, clipped to the canvas: the same rectangle for
+every frame), sent to the engine as one ``stylize`` with ``animation`` {clip, frame, frames,
+loop} (docs/PROTOCOL.md), and its result becomes a layer of a NEW image, named exactly as its
+source (so the tags stay and GIMP's playback and GIF/WebP export read them), in the same order.
 
-A selection limits the region as it does for stills: the new image keeps the source's canvas,
-and each frame's layer is the source frame with the styled bounding box laid over it through
-the selection (feathered edges kept), merged by GIMP into that one layer. The source image is
-only read. Standard library + gi + nst_bridge only.
+A selection limits the region as it does for stills: the engine's result is cropped back to the
+bounding box, the new image keeps the source's canvas, and each frame's layer is the source
+frame with the styled bounding box laid over it through the selection (feathered edges kept),
+merged by GIMP into that one layer. The source image is only read. Standard library + gi +
+nst_bridge (+ nst_preview's ``crop_rgba``) only.
 """
 
 import time
@@ -50,6 +52,26 @@ def region_of(image):
         raise AnimationError("The selection lies outside the canvas. Select part of the "
                              "canvas, or Select > None for whole frames.")
     return (x1, y1, x2 - x1, y2 - y1)
+
+
+def regions_of(image, widen):
+    """(region, crop) in image coordinates: what is styled (``region_of``) and what the engine
+    is sent. Without a selection both are the canvas; with one, ``crop`` is the region grown by
+    ``widen(region, canvas_w, canvas_h)`` (the still's context margin, clipped to the canvas;
+    passed in by nst-style-transfer.py, where the margin is defined)."""
+    region = region_of(image)
+    if Gimp.Selection.is_empty(image):
+        return region, region
+    return region, widen(region, image.get_width(), image.get_height())
+
+
+def crop_back(data, crop, region):
+    """``region``'s pixels out of the engine's result ``data`` (RGBA over ``crop``; both image
+    coordinates)."""
+    from nst_preview import crop_rgba
+
+    x, y, w, h = region
+    return crop_rgba(data, crop[2], (x - crop[0], y - crop[1], w, h))
 
 
 def read_frame(layer, region):
@@ -204,12 +226,12 @@ def _write(drawable, rect, fmt, data):
     drawable.update(x, y, w, h)
 
 
-def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show,
+def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show, widen,
         engine=None):
     """Style every frame; returns (new image, notices). Raises AnimationError (the message
     says which frames were kept) and nst_bridge's EngineFailed before any frame is done.
-    ``engine``: a started client to use first (the dialog preview's); closed here like one
-    started here."""
+    ``widen``: the still's context margin (``regions_of``). ``engine``: a started client to
+    use first (the dialog preview's); closed here like one started here."""
     from nst_bridge.retry import FreshRetry
     from nst_bridge.wire import MAX_ANIMATION_FRAMES, RGBAImage
 
@@ -222,16 +244,16 @@ def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, sh
     if len(frames) > MAX_ANIMATION_FRAMES:
         raise AnimationError(f"This image has {len(frames)} frames; one run styles at most "
                              f"{MAX_ANIMATION_FRAMES}. Split the animation into parts.")
-    region = region_of(image)
+    region, crop = regions_of(image, widen)
     mask = selection_mask(image, region)
     loop = bool(config.get_property("loop"))
     names = [f.get_name() for f in frames]
-    # Every pixel read before any work; with a selection also the whole frames, which the
-    # styled region is laid over.
-    pixels = [read_frame(f, region) for f in frames]
+    # Every pixel read before any work (the region plus margin); with a selection also the
+    # whole frames, which the styled region is laid over.
+    pixels = [read_frame(f, crop) for f in frames]
     canvas = (0, 0, image.get_width(), image.get_height())
     wholes = [read_frame(f, canvas) if mask is not None else None for f in frames]
-    w, h = region[2], region[3]
+    w, h = crop[2], crop[3]
     bar = FrameProgress(len(frames))
     Gimp.progress_init("Style Transfer: starting the engine")
     result = Result(image, region, show, mask)
@@ -256,7 +278,8 @@ def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, sh
                 raise AnimationError(f"The engine returned {out.width}×{out.height} px for a "
                                      f"{w}×{h} px frame. Update Style Transfer "
                                      "(`python install.py`).")
-            result.add(names[k], out.data, wholes[k])
+            styled = out.data if crop == region else crop_back(out.data, crop, region)
+            result.add(names[k], styled, wholes[k])
 
     try:
         retrying.run(stylize_the_rest)

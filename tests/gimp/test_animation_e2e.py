@@ -2,7 +2,8 @@
 with different delays (the middle frame a layer group) in, a new image out with 3 frames in
 order and their tags, exported as an animated GIF by GIMP and read back with the same delays;
 the source image unchanged; with a feathered selection, the new image the canvas's size and
-each frame its source with the styled region laid over it through the selection
+each frame its source with the styled region laid over it through the selection, styled with
+the still's context margin around the bounding box (clipped to the canvas) and cropped back
 (scripts/animation_checks.py records, this file asserts)."""
 
 from __future__ import annotations
@@ -90,3 +91,27 @@ def test_a_selection_limits_the_region_as_it_does_for_stills(anim):
 def test_a_selected_run_leaves_the_source_and_its_selection_alone(anim):
     r = anim["selected"]
     assert r["source_unchanged"] and r["selection_unchanged"] and r["source_clean"]
+
+
+def test_a_selection_is_styled_with_the_stills_context_margin(anim):
+    # The ellipse's bounding box plus margin (16 px) covers the whole 48x40 canvas: the engine
+    # is sent exactly what the unselected run sent, so the fully selected pixels are that
+    # run's. Sent the bounding box alone (no margin), they would differ.
+    r = anim["selected"]
+    assert r["status"] == "success", r["message"]
+    assert len(r["inside_vs_whole_run"]) == 3
+    for n_in, differ in r["inside_vs_whole_run"]:
+        assert n_in > 100 and differ == 0, r["inside_vs_whole_run"]
+
+
+def test_the_margin_is_clipped_to_the_canvas(anim):
+    # A 14x12 rectangle at (2, 3): the engine is sent (0, 0, 32, 31), the margin clipped at the
+    # left and top. An unselected run over a copy cropped to that rectangle gives the same
+    # pixels over the selection; outside it the frames are the source's.
+    c = anim["corner"]
+    assert c["status"] == "success", c["message"]
+    assert c["ref_status"] == "success", c["ref_message"]
+    assert c["ref_size"] == c["crop"][2:] == [32, 31]
+    assert c["inside_vs_ref"] == [0, 0, 0], c
+    assert all(n > 0.8 * 14 * 12 for n in c["inside_vs_source"]), c  # styled
+    assert c["outside_vs_source"] == [0, 0, 0], c

@@ -7,7 +7,8 @@ cancels that one), waits for the preview, types strength 0, waits for the previe
 redone, then presses Escape (Cancel). Second dialog: it types a tiny schedule, waits for a
 preview and presses OK: the run must succeed on the preview's engine. The animation's dialog
 (scripts/gui_animation_preview.py, the driver's "animation" mode): the same pane, previewing the
-first frame over the selection's bounding box; OK runs the animation on the preview's engine.
+first frame over the selection's bounding box plus context margin (the bounding box shown);
+OK runs the animation on the preview's engine.
 
 How the test sees the previews (decision): the plug-in's test hook NST_PREVIEW_DUMP_DIR makes the
 dialog write every finished preview there as raw RGBA plus a JSON description (size and the
@@ -133,9 +134,11 @@ def test_the_animation_dialog_previews_its_first_frame(anim_gui):
     previews = anim_gui["driver"]["previews"]
     assert previews, f"no preview was shown: {anim_gui['driver']['log']}"
     x, y, w, h = anim_gui["selection"]
-    # The region the run reads: the selection's bounding box (small: shown at its own size).
+    # Shown: the selection's bounding box (small: at its own size). Read and sent: what the run
+    # reads, the box plus the still's 16 px margin, clipped to the 96x64 canvas.
     assert all((p["width"], p["height"]) == (w, h) for p in previews), previews
-    assert all(p["settings"]["crop"] == [x, y, w, h] for p in previews)
+    assert all(p["settings"]["crop"] == [max(0, x - 16), max(0, y - 16), 80, 64]
+               for p in previews), previews
     # Strength 0 (no style): the picture is the first frame's region, not another frame's.
     last = previews[-1]
     assert last["settings"]["overrides"]["strength"] == 0.0, anim_gui["driver"]["log"]

@@ -3,7 +3,10 @@
 # source image before and after, and exports the result as an animated GIF by GIMP's own
 # exporter (read back by the pytest side and loaded back here). Then once more with a feathered
 # ellipse selected: how each new frame differs from its source frame, by the selection's
-# coverage of the pixel.
+# coverage of the pixel, and whether its fully selected pixels are the whole-canvas run's (the
+# bounding box plus margin is the whole canvas here: the engine got the same pixels). Then a
+# rectangle near the top-left corner (its margin clipped there, not right and below): its
+# pixels against an unselected run over a copy cropped to the bounding box plus margin.
 import os
 import sys
 
@@ -16,6 +19,11 @@ OUT = os.environ["NST_E2E_OUT"]
 GIF = os.environ["NST_E2E_GIF"]
 ANIM = "plug-in-nst-style-transfer-animation"
 NAMES = ["Background (80ms)", "Frame 2 (120ms) (combine)", "Frame 3 (200ms) (replace)"]
+#: A rectangle near the top-left corner of the 48x40 canvas, and what the engine should be sent
+#: for it: the still's margin (max(16, 10 % of 14) = 16 px) clipped to the canvas at the left and
+#: top, not at the right and bottom.
+CORNER = (2, 3, 14, 12)
+CORNER_CROP = (0, 0, 2 + 14 + 16, 3 + 12 + 16)
 found = {}
 
 
@@ -72,6 +80,13 @@ def changes_by_coverage(new_layer, source_layer, coverage):
     return {k: [n, changed, round(total / n, 2)] for k, (n, changed, total) in out.items()}
 
 
+def differing(a, b):
+    """How many RGBA pixels of two same-size buffers differ (any channel); -1: sizes differ."""
+    if len(a) != len(b):
+        return -1
+    return sum(a[i:i + 4] != b[i:i + 4] for i in range(0, len(a), 4))
+
+
 def run_animation(proc, cfg):
     """(status, the new image or None, the error message or None)."""
     res = proc.run(cfg)
@@ -81,9 +96,11 @@ def run_animation(proc, cfg):
     return status, None, res.index(1)
 
 
-def selected_run(found, proc, cfg, image):
+def selected_run(found, proc, cfg, image, whole_run):
     """The animation with a feathered ellipse selected: the new image's size and frames, how
-    each differs from its source by coverage, and the source image (selection too) after."""
+    each differs from its source by coverage, its fully selected pixels against ``whole_run``
+    (the unselected run's frames, playing order), and the source image (selection too)
+    after."""
     image.select_ellipse(Gimp.ChannelOps.REPLACE, 10, 8, 28, 24)
     Gimp.Selection.feather(image, 4.0)
     image.clean_all()
@@ -100,11 +117,49 @@ def selected_run(found, proc, cfg, image):
         if found["new_size"] == [image.get_width(), image.get_height()]:  # else: no match
             found["changes"] = [changes_by_coverage(n, s, coverage)
                                 for n, s in zip(new.get_layers(), image.get_layers())]
+            inside = [i for i, c in enumerate(coverage) if c == 255]
+            found["inside_vs_whole_run"] = [
+                [len(inside), sum(got[4 * i:4 * i + 4] != ref[4 * i:4 * i + 4] for i in inside)]
+                for got, ref in zip([pixels(l) for l in reversed(new.get_layers())], whole_run)]
         new.delete()
     found["source_unchanged"] = hashes == [pixel_hash(l) for l in image.get_layers()]
     found["selection_unchanged"] = selection_coverage(image) == coverage
     found["source_clean"] = not image.is_dirty()
     Gimp.Selection.none(image)
+
+
+def corner_run(found, proc, cfg, image, rect, crop):
+    """A rectangle ``rect`` selected near the canvas's corner: each new frame's pixels over it
+    against an unselected run over a copy of the image cropped to ``crop`` (what the engine
+    should be sent: ``rect`` plus the margin, clipped to the canvas), and outside it against
+    the source."""
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, *rect)
+    image.clean_all()
+    found["status"], new, found["message"] = run_animation(proc, cfg)
+    Gimp.Selection.none(image)
+    image.clean_all()
+    ref_image = image.duplicate()
+    Gimp.Selection.none(ref_image)
+    ref_image.crop(crop[2], crop[3], crop[0], crop[1])
+    cfg.set_property("image", ref_image)
+    found["ref_status"], ref, found["ref_message"] = run_animation(proc, cfg)
+    cfg.set_property("image", image)
+    if new is not None and ref is not None:
+        found["ref_size"] = [ref.get_width(), ref.get_height()]
+        inner = (rect[0] - crop[0], rect[1] - crop[1], rect[2], rect[3])
+        found["inside_vs_ref"] = [differing(pixels(n, rect=rect), pixels(r, rect=inner))
+                                  for n, r in zip(new.get_layers(), ref.get_layers())]
+        found["inside_vs_source"] = [differing(pixels(n, rect=rect), pixels(s, rect=rect))
+                                     for n, s in zip(new.get_layers(), image.get_layers())]
+        # Every pixel of the frame, less those inside: the ones outside that differ.
+        found["outside_vs_source"] = [
+            differing(pixels(n), pixels(s)) - inside
+            for n, s, inside in zip(new.get_layers(), image.get_layers(),
+                                    found["inside_vs_source"])]
+    for done in (new, ref):
+        if done is not None:
+            done.delete()
+    ref_image.delete()
 
 
 with recording(found, OUT):
@@ -135,6 +190,7 @@ with recording(found, OUT):
         cfg.set_property(key, value)
     cfg.set_property("loop", False)
     res = proc.run(cfg)
+    whole_run = []  # the new frames' pixels, playing order
     found["status"] = res.index(0).value_nick
     found["images_after"] = len(Gimp.get_images())
     if found["status"] != "success":
@@ -145,6 +201,7 @@ with recording(found, OUT):
         found["new_size"] = [new.get_width(), new.get_height()]
         found["new_layers"] = layers_of(new)
         found["new_distinct"] = len({pixel_hash(l) for l in new.get_layers()})
+        whole_run = [pixels(l) for l in reversed(new.get_layers())]
         found["export"], found["export_options"] = export_gif(new, GIF)
         back = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(GIF))
         found["loaded_back"] = [l.get_name() for l in back.get_layers()]
@@ -154,7 +211,9 @@ with recording(found, OUT):
     found["source_unchanged"] = hashes == [pixel_hash(l) for l in image.get_layers()]
     found["source_clean"] = not image.is_dirty()
     found["selected"] = {}
-    selected_run(found["selected"], proc, cfg, image)
+    selected_run(found["selected"], proc, cfg, image, whole_run)
+    found["corner"] = {"rect": list(CORNER), "crop": list(CORNER_CROP)}
+    corner_run(found["corner"], proc, cfg, image, CORNER, CORNER_CROP)
     # The style layer's image is not a frame source, and one frame is no animation.
     single = Gimp.Image.new(16, 16, Gimp.ImageBaseType.RGB)
     add_layer(single, "only (100ms)", 16, 16, moving(0))
