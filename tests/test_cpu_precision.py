@@ -137,7 +137,12 @@ def test_real_measurement_on_this_cpu(data):
     m = CP.measure()
     assert m.source == "measured" and m.rounds >= 1
     assert m.fp32_ms > 0 and m.bf16_ms > 0
-    assert m.bf16 == (m.settled and m.bf16_ms / m.fp32_ms <= CP.BF16_MAX_RATIO)
+    ratio = m.bf16_ms / m.fp32_ms
+    # The times are kept rounded to 0.01 ms and the rule saw them unrounded: on the bound
+    # (1.76 / 2.2 = 0.8 was seen) the rounded ratio may fall on either side.
+    if abs(ratio - CP.BF16_MAX_RATIO) > 0.01 * CP.BF16_MAX_RATIO:
+        assert m.bf16 == (m.settled and ratio <= CP.BF16_MAX_RATIO)
+    assert not m.bf16 or m.settled
     assert not CP.cache_path().exists()  # measure() alone caches nothing
 
 
