@@ -226,7 +226,9 @@ def _animation_procedure(plugin, name):
                          "Style Transfer for GIMP contributors", "2026")
     _add_style_arguments(proc)
     proc.add_boolean_argument("loop", "_Loop",
-                              "The animation loops: tie the last frame to the first too",
+                              "The animation loops: lead the frames back to the first, so "
+                              "the last flows into it without a jump (off for a clip that "
+                              "does not loop)",
                               True, rw)
     proc.add_double_argument("temporal-weight", "Frame _coherence (-1 = preset's, 0 = off)",
                              "How strongly each frame keeps the earlier frames' strokes where "
