@@ -43,28 +43,10 @@ from PIL import Image  # noqa: E402
 
 from nst_engine import StyleParams, stylize  # noqa: E402
 from nst_engine.model.cache import model_for  # noqa: E402
-from nst_engine.testing import make_random_vgg19_file  # noqa: E402
+from nst_engine.testing import make_random_vgg19_file, stripes, tiling_content  # noqa: E402
 from nst_engine.transfer import tiles  # noqa: E402
 from nst_engine.transfer.convert import to_tensor  # noqa: E402
 from nst_engine.transfer.objective import Objective  # noqa: E402
-
-
-def tiling_content(n: int, seed: int = 0) -> Image.Image:
-    """Waves with whole periods across the image plus noise: a content that tiles itself."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:n, 0:n]
-    k = 2 * np.pi / n
-    rgb = np.stack([120 + 60 * np.sin(3 * k * xx) + 30 * np.cos(5 * k * yy),
-                    120 + 60 * np.cos(4 * k * yy + 2 * k * xx),
-                    120 + 50 * np.sin(7 * k * (xx + yy))], -1)
-    rgb = rgb + rng.normal(0, 12, rgb.shape)
-    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
-
-
-def style_image(size: int = 128) -> Image.Image:
-    yy, xx = np.mgrid[0:size, 0:size]
-    rgb = 127 + 120 * np.sin(xx[..., None] / 2.5 + np.array([0, 2, 4])) * np.cos(yy[..., None] / 4)
-    return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
 def seam(img: Image.Image, half: int | None = None, roll: int = 2) -> float:
@@ -73,9 +55,8 @@ def seam(img: Image.Image, half: int | None = None, roll: int = 2) -> float:
     centre lines are ordinary lines of the image)."""
     a = np.asarray(img, np.float32) / 255
     h, w = a.shape[:2]
-    bh, bw = (half, half) if half else (max(2, h // 16), max(2, w // 16))
     rolled = torch.from_numpy(np.roll(a, (h // roll, w // roll), (0, 1))).permute(2, 0, 1)
-    return tiles.seam_ratio(rolled, [(h // 2 - bh, h // 2 + bh)], [(w // 2 - bw, w // 2 + bw)])
+    return tiles.centre_seam(rolled, half)
 
 
 def seams(img: Image.Image) -> str:
@@ -148,7 +129,7 @@ def main() -> int:
     args = ap.parse_args()
     weights = args.weights or make_random_vgg19_file(
         Path(tempfile.mkdtemp()) / "vgg19-random.pth")
-    style = style_image()
+    style = stripes(128)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, "
           f"{args.levels} levels, {args.iterations} iterations, "
           f"NST_ENGINE_CPU_BF16={os.environ.get('NST_ENGINE_CPU_BF16')}")

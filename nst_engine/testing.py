@@ -1,5 +1,6 @@
-"""Random-weight VGG19 files with the real key names and shapes, and synthetic clips with a
-known motion (``synthetic_clip``), for tests, benchmarks and demos.
+"""Random-weight VGG19 files with the real key names and shapes, synthetic clips with a known
+motion (``synthetic_clip``) and test pictures (``tiling_content``, ``stripes``), for tests,
+benchmarks and demos.
 
 The pretrained weights cannot be downloaded everywhere the tests run, so tests generate files
 that pass every layout check but hold random numbers. They have an unknown checksum, so the
@@ -93,6 +94,32 @@ def _sample(tex, x, y):
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
     return ((tex[y0, x0] * (1 - fx) + tex[y0, x0 + 1] * fx) * (1 - fy)
             + (tex[y0 + 1, x0] * (1 - fx) + tex[y0 + 1, x0 + 1] * fx) * fy)
+
+
+def tiling_content(n: int = 128, seed: int = 0):
+    """An ``n`` px RGB PIL image that tiles itself: waves with whole periods across it, plus
+    noise (``seed``)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n]
+    k = 2 * np.pi / n
+    rgb = np.stack([120 + 60 * np.sin(3 * k * xx) + 30 * np.cos(5 * k * yy),
+                    120 + 60 * np.cos(4 * k * yy + 2 * k * xx),
+                    120 + 50 * np.sin(7 * k * (xx + yy))], -1)
+    rgb = rgb + rng.normal(0, 12, rgb.shape)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def stripes(size: int):
+    """A ``size`` px RGB PIL image of coloured stripes: a style with strong, fine texture."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    rgb = 127 + 120 * np.sin(xx[..., None] / 2.5 + np.array([0, 2, 4])) * np.cos(yy[..., None] / 4)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
 def synthetic_clip(n: int, hw: tuple[int, int], *, seed: int = 0, pan: tuple[float, float] = (0, 0),

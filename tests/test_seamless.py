@@ -23,27 +23,10 @@ from nst_engine.model.weights import load_weights
 from nst_engine.model.wrap import relu_wrap_pad, relu_wrap_pad_keep, wrap_pad
 from nst_engine.transfer import levels, tiles
 from nst_engine.transfer.convert import resize
+from nst_engine.testing import stripes, tiling_content
 from nst_engine.transfer.losses import TVLoss
 
 SHIFT = 64  # px at the content's size: 32 px at the 64 px level, two strides of relu5_1
-
-
-def _tiling_content(n: int = 128, seed: int = 0) -> Image.Image:
-    """A content that tiles itself: waves with whole periods across the image, plus noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:n, 0:n]
-    k = 2 * np.pi / n
-    rgb = np.stack([120 + 60 * np.sin(3 * k * xx) + 30 * np.cos(5 * k * yy),
-                    120 + 60 * np.cos(4 * k * yy + 2 * k * xx),
-                    120 + 50 * np.sin(7 * k * (xx + yy))], -1)
-    rgb = rgb + rng.normal(0, 12, rgb.shape)
-    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
-
-
-def _style(size: int = 64) -> Image.Image:
-    yy, xx = np.mgrid[0:size, 0:size]
-    rgb = 127 + 120 * np.sin(xx[..., None] / 2.5 + np.array([0, 2, 4])) * np.cos(yy[..., None] / 4)
-    return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
 def seam(a: np.ndarray) -> float:
@@ -52,9 +35,8 @@ def seam(a: np.ndarray) -> float:
     now meet; one line alone is as noisy as +-10 % on an exact wrap: the style's stripes)
     against the rest."""
     h, w = a.shape[:2]
-    rolled = torch.from_numpy(np.roll(a, (h // 2, w // 2), (0, 1))).permute(2, 0, 1)
-    bh, bw = max(2, h // 16), max(2, w // 16)
-    return tiles.seam_ratio(rolled, [(h // 2 - bh, h // 2 + bh)], [(w // 2 - bw, w // 2 + bw)])
+    rolled = np.roll(a, (h // 2, w // 2), (0, 1))
+    return tiles.centre_seam(torch.from_numpy(rolled).permute(2, 0, 1))
 
 
 # ---------------------------------------------------------------- the parts
@@ -217,14 +199,14 @@ def runs(random_weights_file):
     with the option: 128 px content, one 64 px level, 20 Adam steps."""
     mp = pytest.MonkeyPatch()
     mp.setenv("NST_ENGINE_CPU_BF16", "0")  # float32: the comparison is about the wrap
-    content = _tiling_content()
+    content = tiling_content()
     rolled = Image.fromarray(np.roll(np.asarray(content), (SHIFT, SHIFT), (0, 1)))
     out = {}
     try:
         for on in (False, True):
             params = StyleParams().with_overrides(max_size=64, levels=1, iterations=20, seed=1,
                                                   seamless=on)
-            out[on] = [np.asarray(stylize(content=img, styles=[(_style(), 1.0)], params=params,
+            out[on] = [np.asarray(stylize(content=img, styles=[(stripes(64), 1.0)], params=params,
                                           device="cpu", weights=random_weights_file),
                                   np.float32) / 255 for img in (content, rolled)]
     finally:
@@ -264,7 +246,7 @@ def test_in_tiles_the_wrapped_result_shows_no_seam(random_weights_file, monkeypa
         monkeypatch.setattr(tiles, "grid", lambda hw, tile, wrap=False: grid(hw, tile))
     params = StyleParams().with_overrides(max_size=96, levels=1, iterations=20, seed=1,
                                           tile_size=64, seamless=True)
-    out = np.asarray(stylize(content=_tiling_content(96), styles=[(_style(), 1.0)],
+    out = np.asarray(stylize(content=tiling_content(96), styles=[(stripes(64), 1.0)],
                              params=params, device="cpu", weights=random_weights_file),
                      np.float32) / 255
     # Measured (float32, 2-core Xeon): 0.952 around the torus (a blended band is a little

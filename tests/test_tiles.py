@@ -24,6 +24,7 @@ from nst_engine.transfer import pipeline as pipeline_module
 from nst_engine.errors import OutOfMemory
 from nst_engine.device import memory
 from nst_engine.device.memory import BUDGET_ENV, Budget
+from nst_engine.testing import stripes
 from nst_engine.transfer import stylize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +49,6 @@ def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
 
 
-def _style(size: int = 64) -> Image.Image:
-    yy, xx = np.mgrid[0:size, 0:size]
-    rgb = 127 + 120 * np.sin(xx[..., None] / 2.5 + np.array([0, 2, 4])) * np.cos(yy[..., None] / 4)
-    return Image.fromarray(rgb.astype(np.uint8), "RGB")
-
-
 def _params(**kw) -> StyleParams:
     base = dict(max_size=128, levels=1, iterations=12, seed=3, full_resolution="never")
     base.update(kw)
@@ -62,7 +57,7 @@ def _params(**kw) -> StyleParams:
 
 def _stylize(weights, content, **kw):
     records = []
-    out = stylize(content=content, styles=[(_style(), 1.0)], params=_params(**kw), device="cpu",
+    out = stylize(content=content, styles=[(stripes(64), 1.0)], params=_params(**kw), device="cpu",
                   weights=weights, progress=records.append)
     return np.asarray(out, np.float32) / 255, records
 
@@ -203,7 +198,7 @@ def test_cli_max_size_full_optimises_at_the_content_size(tmp_path, random_weight
     monkeypatch.setattr(pipeline_module, "stylize",
                         lambda **kw: real(**{**kw, "progress": seen.append}))
     _photo(150, 100).save(tmp_path / "c.png")
-    _style().save(tmp_path / "s.png")
+    stripes(64).save(tmp_path / "s.png")
     rc = cli.main(["stylize", str(tmp_path / "c.png"), "-s", str(tmp_path / "s.png"), "-o",
                    str(tmp_path / "o.png"), "--max-size", "full", "--iterations", "4",
                    "--seed", "1", "--device", "cpu", "--weights", str(random_weights_file),

@@ -279,6 +279,15 @@ def seam_ratio(img: Tensor, rows: list[tuple[int, int]], cols: list[tuple[int, i
     return float(sum(p[0] for p in parts) / sum(p[1] for p in parts))
 
 
+def centre_seam(img: Tensor, half: int | None = None) -> float:
+    """``seam_ratio`` of the bands around the two centre lines of ``[C, H, W]``: where a
+    wrapped result's borders meet once it is rolled (or offset) by half its size. ``half``:
+    the bands' half width in lines (None: a sixteenth of the side, at least 2)."""
+    h, w = img.shape[-2:]
+    bh, bw = (half, half) if half else (max(2, h // 16), max(2, w // 16))
+    return seam_ratio(img, [(h // 2 - bh, h // 2 + bh)], [(w // 2 - bw, w // 2 + bw)])
+
+
 def _blend_across_the_border(canvas: Tensor, tile: Tile, result: Tensor) -> None:
     """``blend_into`` for a tile that reaches across the border (seamless), on a copy of the
     canvas's pixels under the tile (read and written back around the border): its top and left

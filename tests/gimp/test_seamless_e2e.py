@@ -39,10 +39,7 @@ def seam_in_the_middle(rgba: np.ndarray) -> float:
     from nst_engine.transfer import tiles
 
     a = rgba[..., :3].astype(np.float32) / 255
-    h, w = a.shape[:2]
-    bh, bw = max(2, h // 16), max(2, w // 16)
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
-    return tiles.seam_ratio(t, [(h // 2 - bh, h // 2 + bh)], [(w // 2 - bw, w // 2 + bw)])
+    return tiles.centre_seam(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1))
 
 
 def _runs(seams):
