@@ -245,54 +245,70 @@ class UserError(Exception):
     """A problem the user can fix; the message says how."""
 
 
-def run(procedure, run_mode, image, drawables, config, data):
-    """GIMP's entry point. Never raises: every failure becomes EXECUTION_ERROR with a message."""
-    log_dir = None
-    engine = None  # the dialog's preview engine, reused by the full run
+class _RunState:
+    """What the error handling of a run needs to know: where the log goes, and the preview's
+    engine client to close."""
+
+    def __init__(self):
+        self.log_dir = None
+        self.engine = None  # the dialog's preview engine, reused by the full run
+
+
+def _guarded(procedure, body):
+    """``body(state)``'s return values, for either procedure. Never raises: a UserError
+    becomes EXECUTION_ERROR with its message, anything else too, with the traceback logged;
+    the preview's engine is closed and the progress bar ended whatever happens."""
+    state = _RunState()
     try:
-        if run_mode == Gimp.RunMode.INTERACTIVE:
-            _suggest_style_layer(image, drawables, config)
-            ok, engine = _dialog(procedure, config, "Style Transfer",
-                                 _still_preview_source(drawables))
-            if not ok:
-                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        client_mod, cfg, log_dir = _installed()
-        jobs = _plan(image, drawables, config)
-        results, notices = _stylize_all(client_mod, cfg, jobs, config, engine=engine)
-        _apply(image, jobs, results)
-        # E.g. weights that are not the verified VGG19: the user must know the result is not
-        # what real style transfer looks like, so say it where GIMP shows messages.
-        for notice in notices:
-            Gimp.message(f"Style Transfer: {notice}")
-        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        return body(state)
     except UserError as e:
         return _failure(procedure, str(e))
     except Exception as e:  # the engine's own errors are UserErrors by now; this is a bug
-        where = _log_traceback(log_dir)
+        where = _log_traceback(state.log_dir)
         return _failure(procedure, f"Style Transfer failed unexpectedly ({type(e).__name__}: "
                                    f"{e}).{where} Please report it with that file.")
     finally:
-        if engine is not None:
-            engine.close()  # done with it (a no-op when the run closed it already)
+        if state.engine is not None:
+            state.engine.close()  # done with it (a no-op when the run closed it already)
         try:
             Gimp.progress_end()
         except Exception:
             pass
 
 
+def run(procedure, run_mode, image, drawables, config, data):
+    """GIMP's entry point for the still. Never raises (``_guarded``)."""
+    def body(state):
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            _suggest_style_layer(image, drawables, config)
+            ok, state.engine = _dialog(procedure, config, "Style Transfer",
+                                       _still_preview_source(drawables))
+            if not ok:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        client_mod, cfg, state.log_dir = _installed()
+        jobs = _plan(image, drawables, config)
+        results, notices = _stylize_all(client_mod, cfg, jobs, config, engine=state.engine)
+        _apply(image, jobs, results)
+        # E.g. weights that are not the verified VGG19: the user must know the result is not
+        # what real style transfer looks like, so say it where GIMP shows messages.
+        for notice in notices:
+            Gimp.message(f"Style Transfer: {notice}")
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    return _guarded(procedure, body)
+
+
 def run_animation(procedure, run_mode, image, drawables, config, data):
-    """The animation procedure (nst_animation.py): frames in, a new image out. Never raises."""
-    log_dir = None
-    engine = None  # the dialog's preview engine, reused by the full run
-    try:
+    """The animation procedure (nst_animation.py): frames in, a new image out. Never raises
+    (``_guarded``)."""
+    def body(state):
         if run_mode == Gimp.RunMode.INTERACTIVE:
             _suggest_animation_style_layer(image, config)
-            ok, engine = _dialog(procedure, config, "Style Transfer (Animation)",
-                                 _animation_preview_source(image))
+            ok, state.engine = _dialog(procedure, config, "Style Transfer (Animation)",
+                                       _animation_preview_source(image))
             if not ok:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         nst_animation = _animation_module()
-        client_mod, cfg, log_dir = _installed()
+        client_mod, cfg, state.log_dir = _installed()
         _check_style(config)
         overrides = _overrides(config)
         if config.get_property("temporal-weight") >= 0:
@@ -302,7 +318,7 @@ def run_animation(procedure, run_mode, image, drawables, config, data):
                 client_mod, cfg, image, config, styles=_styles(client_mod, config),
                 preset=config.get_property("preset"), overrides=overrides,
                 device=_device(cfg, config), show=run_mode == Gimp.RunMode.INTERACTIVE,
-                widen=_widen, engine=engine)
+                widen=_widen, engine=state.engine)
         except nst_animation.AnimationError as e:
             raise UserError(str(e)) from None
         except client_mod.EngineFailed as e:
@@ -313,19 +329,7 @@ def run_animation(procedure, run_mode, image, drawables, config, data):
         values.remove(1)
         values.insert(1, GObject.Value(Gimp.Image, new))
         return values
-    except UserError as e:
-        return _failure(procedure, str(e))
-    except Exception as e:
-        where = _log_traceback(log_dir)
-        return _failure(procedure, f"Style Transfer failed unexpectedly ({type(e).__name__}: "
-                                   f"{e}).{where} Please report it with that file.")
-    finally:
-        if engine is not None:
-            engine.close()  # done with it (a no-op when the run closed it already)
-        try:
-            Gimp.progress_end()
-        except Exception:
-            pass
+    return _guarded(procedure, body)
 
 
 def _installed():
