@@ -135,6 +135,21 @@ def test_gram_gradient_is_the_textbook_one_in_the_features_layout(layout):
     assert grad.is_contiguous(memory_format=layout)  # adds to the conv's gradient, no copy
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_content_loss_gradient_is_the_textbook_one_in_the_features_layout(layout):
+    # Autograd's own gradient of ``pow(2).mean()`` comes back in the default layout from
+    # channels-last features, and the convolution's backward then reorders it.
+    f = torch.rand(1, 6, 5, 7, dtype=torch.float64, generator=_gen(8))
+    assert torch.autograd.gradcheck(losses.mean_square, (f.requires_grad_(True),))
+    f = f.detach().float().contiguous(memory_format=layout).requires_grad_(True)
+    target = torch.rand(1, 6, 5, 7, generator=_gen(9))
+    loss = losses.ContentLoss(target)
+    (grad,) = torch.autograd.grad(loss(f), f)
+    expected = 2 * (f.detach() - target) / f.numel() / loss.scale
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-9)
+    assert grad.is_contiguous(memory_format=layout)
+
+
 def test_mean_cov_gradient_matches_autograd():
     f = torch.rand(1, 5, 4, 6, generator=_gen(6)).requires_grad_(True)
     loss = losses.MeanCovLoss([torch.rand(1, 5, 4, 6, generator=_gen(7))], [None], [1.0])

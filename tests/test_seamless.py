@@ -61,6 +61,16 @@ def test_wrap_pad_is_circular_padding_with_its_gradient(shape, layout):
             == (layout == torch.channels_last))
 
 
+def test_a_kept_activations_gradient_comes_back_channels_last():
+    # The losses' gradient may come in another layout (the content loss's did); the sum with
+    # the convolution's is made in the activation's, which the convolution before wants.
+    x = torch.randn(1, 4, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    padded, feature = relu_wrap_pad_keep(x)
+    g_feature = torch.randn(1, 4, 6, 5)  # the default layout
+    (g,) = torch.autograd.grad([padded, feature], x, [torch.randn_like(padded), g_feature])
+    assert g.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_circular_vgg_is_pytorchs_circular_padding(random_weights_file):
     model = VGGFeatures(load_weights(random_weights_file), ["relu1_1", "conv3_1", "relu4_1"],
                         "max", circular=True)

@@ -95,7 +95,10 @@ class _ReluWrapPad(torch.autograd.Function):
         if g_feature is not None and g_feature.numel():
             # Both gradients summed (a new tensor of ours), then the ReLU's mask in place:
             # two passes over the activation, as autograd's own sum and mask would take.
-            gx = g_feature + g_inner
+            # In the activation's layout: ``g_feature`` may be strided oddly (a batch of one
+            # with any batch stride), and a sum that comes out in the default layout makes the
+            # convolution's backward reorder it.
+            gx = torch.add(g_inner, g_feature, out=torch.empty_like(inner))
             return torch.ops.aten.threshold_backward.grad_input(gx, inner, 0, grad_input=gx), None
         return torch.ops.aten.threshold_backward(g_inner, inner, 0), None
 

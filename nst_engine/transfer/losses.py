@@ -59,7 +59,29 @@ class ContentLoss(nn.Module):
         self.scale = float(self.target.pow(2).mean()) + _EPS
 
     def forward(self, feat: Tensor) -> Tensor:
-        return (feat.float() - self.target).pow(2).mean() / self.scale
+        return mean_square(feat.float() - self.target) / self.scale
+
+
+class _MeanSquare(torch.autograd.Function):
+    """``d.pow(2).mean()`` with its gradient in ``d``'s layout. Autograd's own comes back in
+    the default layout from channels-last features (the mean's expanded gradient is the
+    product's first factor), and the convolution's backward then reorders it: 8 % of a step's
+    backward at 512 px (float32, CPU)."""
+
+    @staticmethod
+    def forward(ctx, d: Tensor) -> Tensor:
+        ctx.save_for_backward(d)
+        return d.pow(2).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (d,) = ctx.saved_tensors
+        return d * (grad * (2.0 / d.numel()))
+
+
+def mean_square(d: Tensor) -> Tensor:
+    """The mean of ``d``'s squares, differentiable with a gradient in ``d``'s layout."""
+    return _MeanSquare.apply(d)
 
 
 class _SelfProduct(torch.autograd.Function):
