@@ -9,10 +9,8 @@ stops what it started; every wait has a generous timeout; no timing assertions.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
