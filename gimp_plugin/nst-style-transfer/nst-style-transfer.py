@@ -350,7 +350,9 @@ def _installed():
 
 
 def _animation_module():
-    """nst_animation.py, beside this file; imported on use so a still never needs it."""
+    """nst_animation.py, beside this file; imported on use so a still's run never needs it
+    (its preview reads the selection's coverage with ``selection_mask``, as the animation's
+    run does)."""
     try:
         import nst_animation  # noqa: WPS433
     except Exception:
@@ -456,7 +458,7 @@ def _preview_job(nst_preview, client_mod, cfg, config, preview_source, seed, sty
 
     Seed -1 (random) would make every preview differ even when nothing changed; the preview
     uses one seed per dialog instead, so two previews differ only by their settings."""
-    content, show, where, caption = preview_source(config, nst_preview.PREVIEW_SIZE)
+    content, show, coverage, where, caption = preview_source(config, nst_preview.PREVIEW_SIZE)
     second = config.get_property("style-layer-2")
     key = (config.get_property("style-layer").get_id(),
            second.get_id() if second is not None and second.is_valid() else None,
@@ -470,19 +472,20 @@ def _preview_job(nst_preview, client_mod, cfg, config, preview_source, seed, sty
     settings = {**where, "styles": list(key), "preset": preset, "overrides": overrides,
                 "device": device}
     return nst_preview.PreviewJob(content, styles, preset, overrides, device, show, settings,
-                                  caption=caption)
+                                  caption=caption, coverage=coverage)
 
 
 def _still_preview_source(drawables):
     """The still's preview source: ``source(config, longest)`` is (content, the region's place
-    in it, the settings that say what was read, a caption), for the first selected layer's
-    region plus context margin, as the full run crops it."""
+    in it, the selection's coverage of that place or None, the settings that say what was
+    read, a caption), for the first selected layer's region plus context margin, as the full
+    run crops it."""
     def source(config, longest):
         _check_arguments(drawables, config)
         layer = drawables[0]
         region, crop = _region(layer, _seamless(config))
-        content, show = _preview_content(layer, crop, region, longest)
-        return content, show, {"layer": layer.get_id(), "crop": list(crop)}, \
+        content, show, coverage = _preview_content(layer, crop, region, longest)
+        return content, show, coverage, {"layer": layer.get_id(), "crop": list(crop)}, \
             "the region to repaint"
     return source
 
@@ -490,8 +493,9 @@ def _still_preview_source(drawables):
 def _animation_preview_source(image):
     """The animation's preview source (as ``_still_preview_source``'s): the first frame over
     what the run reads (the canvas, or the selection's bounding box plus context margin), the
-    bounding box shown. The frames are looked up for each preview: choosing a style layer of
-    this image changes which they are."""
+    bounding box shown, laid over the frame through the selection as the run lays it. The
+    frames are looked up for each preview: choosing a style layer of this image changes which
+    they are."""
     def source(config, longest):
         nst_animation = _animation_module()
         _check_style(config)
@@ -503,17 +507,19 @@ def _animation_preview_source(image):
         first = frames[0]
         region, crop = nst_animation.regions_of(image, _widen)   # image coordinates
         _, ox, oy = first.get_offsets()
-        content, show = _preview_content(                        # the frame's coordinates
+        content, show, coverage = _preview_content(              # the frame's coordinates
             first, (crop[0] - ox, crop[1] - oy, *crop[2:]),
             (region[0] - ox, region[1] - oy, *region[2:]), longest, Gegl.AbyssPolicy.NONE)
-        return content, show, {"layer": first.get_id(), "crop": list(crop)}, \
+        return content, show, coverage, {"layer": first.get_id(), "crop": list(crop)}, \
             f"the first frame, “{first.get_name()}”"
     return source
 
 
 def _preview_content(layer, crop, region, longest, abyss=Gegl.AbyssPolicy.CLAMP):
-    """(content, show): ``crop`` of the layer read scaled to at most ``longest`` px, and where
-    ``region`` (inside ``crop``; layer coordinates) lies in its pixels."""
+    """(content, show, coverage): ``crop`` of the layer read scaled to at most ``longest`` px,
+    where ``region`` (inside ``crop``; layer coordinates) lies in its pixels, and the
+    selection's coverage of that place at the same scale (None when nothing is selected): the
+    run masks its result with the selection, so the preview blends by it (nst_preview)."""
     from nst_bridge.wire import RGBAImage
 
     scale = _fit_scale(crop[2], crop[3], longest)
@@ -523,7 +529,12 @@ def _preview_content(layer, crop, region, longest, abyss=Gegl.AbyssPolicy.CLAMP)
     sy = min(ch - 1, round((region[1] - crop[1]) * scale))
     show = (sx, sy, max(1, min(cw - sx, round(region[2] * scale))),
             max(1, min(ch - sy, round(region[3] * scale))))
-    return content, show
+    # The selection is in image coordinates: the crop's place there, on the content's grid.
+    _, ox, oy = layer.get_offsets()
+    x, y = _scaled((crop[0] + ox, crop[1] + oy, *crop[2:]), scale)[:2]
+    coverage = _animation_module().selection_mask(layer.get_image(),
+                                                  (x + sx, y + sy, *show[2:]), scale)
+    return content, show, coverage
 
 
 def _show_thumbnail_once_sized(dialog, name):

@@ -84,16 +84,18 @@ def read_frame(layer, region):
                          Gegl.AbyssPolicy.NONE))
 
 
-def selection_mask(image, region):
+def selection_mask(image, region, scale=1.0):
     """The selection's coverage over ``region`` (image coordinates), one byte a pixel (0 =
-    outside, 255 = inside, feathered edges between), or None when nothing is selected."""
+    outside, 255 = inside, feathered edges between), or None when nothing is selected.
+    ``scale`` < 1: ``region`` is in the image scaled by it, read scaled down by GEGL (the
+    dialog's preview)."""
     if Gimp.Selection.is_empty(image):
         return None
     x, y, w, h = region
     buf = image.get_selection().get_buffer()
     # Linear "Y u8": GIMP's masks hold linear coverage, so it goes into the new image's layer
     # mask byte for byte.
-    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), 1.0, MASK_FORMAT,
+    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), scale, MASK_FORMAT,
                          Gegl.AbyssPolicy.NONE))
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
+import sys
 import threading
 import time
 
@@ -40,10 +42,12 @@ class PreviewJob:
     ``content`` covers the region plus its context margin (as the full run does), at preview
     size; ``show`` is the region inside it, in the content's pixels; ``settings`` is what makes
     two previews differ (equal settings: no need to redo one); ``caption``: what the picture
-    is, for the status line ("the region to repaint", an animation's first frame)."""
+    is, for the status line ("the region to repaint", an animation's first frame);
+    ``coverage``: the selection's coverage of ``show`` (one byte a pixel, 0..255), or None
+    when nothing is selected (all of it styled)."""
 
     def __init__(self, content, styles, preset, overrides, device, show, settings,
-                 caption="the region to repaint"):
+                 caption="the region to repaint", coverage=None):
         self.content = content      # RGBAImage
         self.styles = styles        # [(RGBAImage, weight)]
         self.preset = preset
@@ -52,6 +56,7 @@ class PreviewJob:
         self.show = show            # (x, y, w, h) in content pixels
         self.settings = settings    # JSON-able dict
         self.caption = caption
+        self.coverage = coverage    # bytes, show's w*h, or None
 
 
 def preview_overrides(overrides):
@@ -75,6 +80,45 @@ def crop_rgba(data, width, rect):
     x, y, w, h = rect
     rows = [data[((y + j) * width + x) * 4:((y + j) * width + x + w) * 4] for j in range(h)]
     return b"".join(rows)
+
+
+#: v * c // 255 at [v << 8 | c]: a byte scaled by a coverage, looked up in C (map) rather than
+#: computed per byte in Python.
+_SCALED = bytes(v * c // 255 for v in range(256) for c in range(256))
+_INVERTED = bytes(range(255, -1, -1))
+#: Runs of pixels fully (255) or partly selected; the rest keeps the source's pixels.
+_SELECTED = re.compile(rb"\xff+|[\x01-\xfe]+")
+
+
+def blend_by_coverage(source, styled, coverage):
+    """What the full run gives over ``source`` (RGBA): the styled layer through a mask of the
+    selection, each byte ``(styled * c + source * (255 - c)) / 255`` to within one level (c:
+    the pixel's ``coverage``, one byte a pixel). Coverage 0 gives the source's bytes exactly,
+    255 the styled ones. GTK's thread runs it: no Python loop per pixel (a 256 px preview took
+    57 ms that way), only per run of selected pixels; feathered runs go through ``_SCALED``."""
+    out = bytearray(source)
+    for run in _SELECTED.finditer(coverage):
+        a, b = 4 * run.start(), 4 * run.end()
+        if run.group()[0] == 255:
+            out[a:b] = styled[a:b]
+            continue
+        top, rest = styled[a:b], bytearray(b - a)  # rest: 255 - the coverage, for each byte
+        for k in range(4):
+            rest[k::4] = run.group().translate(_INVERTED)
+        # styled - floor(styled * rest / 255) + floor(source * rest / 255): every byte stays
+        # in 0..255 at each step, so whole runs are added as integers with no carry or borrow.
+        mixed = (int.from_bytes(top, "little") - int.from_bytes(_scaled_by(top, rest), "little")
+                 + int.from_bytes(_scaled_by(source[a:b], rest), "little"))
+        out[a:b] = mixed.to_bytes(b - a, "little")
+    return bytes(out)
+
+
+def _scaled_by(data, factors):
+    """``data[i] * factors[i] // 255`` for every byte: the pairs read as ``v << 8 | c``."""
+    pairs = bytearray(2 * len(data))
+    low = 0 if sys.byteorder == "little" else 1
+    pairs[low::2], pairs[1 - low::2] = factors, data
+    return bytes(map(_SCALED.__getitem__, memoryview(pairs).cast("H")))
 
 
 class PreviewWorker:
@@ -445,10 +489,19 @@ class PreviewPane:
         job = self._job
         x, y, w, h = job.show
         data = crop_rgba(result.data, result.width, (x, y, w, h))
+        if job.coverage is not None:
+            # The run masks its new layer with the selection: the bounding box's corners
+            # outside an ellipse stay the source's, feathered edges are partly styled.
+            source = crop_rgba(job.content.data, job.content.width, job.show)
+            data = blend_by_coverage(source, data, job.coverage)
         GdkPixbuf = self._GdkPixbuf
         pixbuf = GdkPixbuf.Pixbuf.new_from_bytes(self._GLib.Bytes.new(data),
                                                  GdkPixbuf.Colorspace.RGB, True, 8, w, h, w * 4)
-        if job.overrides.get("seamless"):  # 2x2 repeats in the same space: no seam shows
+        # Seamless: 2x2 repeats in the same space, so the user sees where the edges meet. The
+        # run's tile is the selection's bounding box and its layer is masked by the selection
+        # like any other, so the repeated tile is the blended one: what tiling the result gives
+        # (source corners included), not a seamless tile the image will never hold.
+        if job.overrides.get("seamless"):
             pixbuf = GdkPixbuf.Pixbuf.new_from_bytes(
                 self._GLib.Bytes.new(repeat_2x2(data, w, h)), GdkPixbuf.Colorspace.RGB, True,
                 8, 2 * w, 2 * h, 8 * w).scale_simple(w, h, GdkPixbuf.InterpType.BILINEAR)
