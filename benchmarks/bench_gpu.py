@@ -25,6 +25,8 @@ weights unless --weights (same time and memory as real ones). Prints markdown ta
               after a warm-up at 512 px (target <= 15 s on an H100), with its tiles if any.
   memory      peak torch.cuda.max_memory_allocated of one level per megapixel, against the
               table in nst_engine/device/memory.py.
+  seamless    s/iter of one level at each size with and without ``seamless`` (issue 25: the
+              run time within 5 %), each in a fresh subprocess, and the sync check with it on.
 """
 
 from __future__ import annotations
@@ -93,10 +95,11 @@ def w_engine(a: dict) -> dict:
         if p.stage == "optimizing":
             stamps.append((p.iteration, time.perf_counter()))  # read-backs have synced
     kw = dict(content=content, styles=[(style, 1.0)], device=a["device"], weights=a["weights"])
-    stylize(params=_one_level(size, 30), **kw)  # warm-up: cuDNN picks its algorithms
+    seamless = a.get("seamless", False)
+    stylize(params=_one_level(size, 30, seamless=seamless), **kw)  # warm-up: cuDNN's choice
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    stylize(params=_one_level(size, a["steps"]), progress=progress, **kw)
+    stylize(params=_one_level(size, a["steps"], seamless=seamless), progress=progress, **kw)
     rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in zip(stamps[1:], stamps[2:])
              if i1 > i0]
     peak = torch.cuda.max_memory_allocated() - before
@@ -120,7 +123,8 @@ def w_sync(a: dict) -> dict:
     content, style = _images(a["size"], a["size"] * 3 // 4)
     kw = dict(content=content, styles=[(style, 1.0)], device=a["device"], weights=a["weights"])
     loss = a.get("style_loss", "gram")
-    pipeline.stylize(params=_one_level(a["size"], 10, style_loss=loss), **kw)  # warm-up
+    one = dict(style_loss=loss, seamless=a.get("seamless", False))
+    pipeline.stylize(params=_one_level(a["size"], 10, **one), **kw)  # warm-up
     real_read, real_adam = optimise.Readback.read, optimise.adam
 
     def read(self):
@@ -139,7 +143,7 @@ def w_sync(a: dict) -> dict:
     optimise.Readback.read, optimise.adam = read, adam
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipeline.stylize(params=_one_level(a["size"], a["steps"], style_loss=loss), **kw)
+        pipeline.stylize(params=_one_level(a["size"], a["steps"], **one), **kw)
     syncs = [str(w.message).splitlines()[0] for w in caught
              if "synchroniz" in str(w.message).lower()]
     return {"syncs": len(syncs), "first": syncs[:3]}
@@ -198,7 +202,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=150, help="steps per timed level")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--weights")
-    ap.add_argument("--only", help="comma-separated: siter,sync,balanced,full")
+    ap.add_argument("--only", help="comma-separated: siter,sync,balanced,full,seamless")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -217,7 +221,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_gpu.py needs CUDA (no GPU here).", file=sys.stderr)
         return 1
-    only = set((args.only or "siter,sync,balanced,full").split(","))
+    only = set((args.only or "siter,sync,balanced,full,seamless").split(","))
     precision = device_precision(torch.device(args.device))
     print(f"# GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA "
           f"{torch.version.cuda}, Python {platform.python_version()}; read-back every "
@@ -260,6 +264,22 @@ def main() -> int:
         if "full" in only:
             r = _run("full", base)
             print(f"\n4000x3000 at full resolution, end to end: {json.dumps(r)}", flush=True)
+        if "seamless" in only:
+            print("\n| size | s/iter | seamless s/iter | seamless / plain (bar <= 1.05) | "
+                  "peak MB | seamless peak MB |")
+            print("|---|---|---|---|---|---|")
+            for size in [int(s) for s in args.sizes.split(",")]:
+                off = _run("engine", {**base, "size": size})
+                on = _run("engine", {**base, "size": size, "seamless": True})
+                if "error" in off or "error" in on:
+                    print(f"| {size} | {off.get('error', '')} | {on.get('error', '')} | | | |")
+                    continue
+                print(f"| {size} | {off['sec_per_iter'] * 1e3:.2f} ms | "
+                      f"{on['sec_per_iter'] * 1e3:.2f} ms | "
+                      f"{on['sec_per_iter'] / off['sec_per_iter']:.3f} | {off['peak_mb']:.0f} | "
+                      f"{on['peak_mb']:.0f} |", flush=True)
+            r = _run("sync", {**base, "size": 512, "steps": 100, "seamless": True})
+            print(f"\nsync debug mode, seamless, 100 steps at 512 px: {r}", flush=True)
     return 0
 
 

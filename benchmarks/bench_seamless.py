@@ -2,7 +2,7 @@
 without ``seamless``, on a content that tiles itself.
 
     python benchmarks/bench_seamless.py [--size 256] [--iterations 60] [--levels 2]
-        [--seeds 1,2,3] [--weights FILE]
+        [--seeds 1,2,3] [--tile N] [--device cpu|cuda|mps] [--weights FILE]
 
 For each seed, the run without the option and the one with it, one after the other (so a
 busy machine slows both alike; every other seed in the other order); then per row:
@@ -125,16 +125,19 @@ def main() -> int:
     ap.add_argument("--seeds", default="1,2,3", help="one pair of runs per seed")
     ap.add_argument("--tile", type=int, help="run in tiles of this side (seamless: around a "
                     "torus); the seam row then also gives the joins between tiles")
+    ap.add_argument("--device", default="cpu", help="where the runs execute (the style "
+                    "losses are judged on the CPU)")
     ap.add_argument("--weights", help="VGG19 weights (default: random ones made here)")
     args = ap.parse_args()
     weights = args.weights or make_random_vgg19_file(
         Path(tempfile.mkdtemp()) / "vgg19-random.pth")
     style = stripes(128)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, "
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
+          f"{args.size} px, "
           f"{args.levels} levels, {args.iterations} iterations, "
           f"NST_ENGINE_CPU_BF16={os.environ.get('NST_ENGINE_CPU_BF16')}")
     for on in (False, True):  # both models loaded before anything is timed
-        stylize(content=tiling_content(64), styles=[(style, 1.0)], device="cpu",
+        stylize(content=tiling_content(64), styles=[(style, 1.0)], device=args.device,
                 weights=weights, params=StyleParams().with_overrides(
                     max_size=64, levels=1, iterations=1, seamless=on))
     ratios: dict[str, list[float]] = {"seam": [], "seam_off": [], "null": [], "neutral": [],
@@ -150,8 +153,8 @@ def main() -> int:
                                                   iterations=args.iterations, seed=seed,
                                                   seamless=on, tile_size=args.tile)
             t, cpu = time.perf_counter(), time.process_time()
-            out = stylize(content=content, styles=[(style, 1.0)], params=params, device="cpu",
-                          weights=weights)
+            out = stylize(content=content, styles=[(style, 1.0)], params=params,
+                          device=args.device, weights=weights)
             row[on] = {"time": time.perf_counter() - t, "cpu": time.process_time() - cpu,
                        "seam": seam(out),
                        "null": seam(out, roll=4),
