@@ -7,8 +7,9 @@ cancels that one), waits for the preview, types strength 0, waits for the previe
 redone, then presses Escape (Cancel). Second dialog: it types a tiny schedule, waits for a
 preview and presses OK: the run must succeed on the preview's engine. The animation's dialog
 (scripts/gui_animation_preview.py, the driver's "animation" mode): the same pane, previewing the
-first frame over the selection's bounding box plus context margin (the bounding box shown);
-OK runs the animation on the preview's engine.
+first frame over the selection's bounding box plus context margin (the bounding box shown, the
+styled box blended over the frame by an ellipse's coverage, as the run's mask does); OK runs the
+animation on the preview's engine.
 
 How the test sees the previews (decision): the plug-in's test hook NST_PREVIEW_DUMP_DIR makes the
 dialog write every finished preview there as raw RGBA plus a JSON description (size and the
@@ -113,7 +114,7 @@ def test_no_engine_or_gimp_process_is_left(gui):
 @pytest.fixture(scope="module")
 def anim_gui(gimp):
     """scripts/gui_animation_preview.py: the Style Transfer (Animation) dialog over a 3-frame
-    animation (a rectangle selected, the painting in another image), worked by the driver:
+    animation (an ellipse selected, the painting in another image), worked by the driver:
     Iterations 2, a preview, strength 0, a preview, OK."""
     dump = f"{gimp.work}/animation-previews"
     found = gimp.run_gui("gui_animation_preview.py", "gui animation preview", timeout=900,
@@ -145,6 +146,34 @@ def test_the_animation_dialog_previews_its_first_frame(anim_gui):
     frames = [bytes.fromhex(f) for f in anim_gui["frames_in_region"]]
     distance = [_mean_difference(anim_gui["pixels"][-1], f) for f in frames]
     assert distance[0] < 12 and distance[0] < 0.3 * min(distance[1:]), distance
+
+
+def test_the_animation_preview_keeps_the_source_outside_an_elliptical_selection(anim_gui):
+    # The run masks the styled box with the selection: outside the ellipse (the box's corners)
+    # the frame's own pixels stay, inside it the styled ones. The preview must show that, not
+    # the styled box (it did before: shown over the whole bounding box). Coverage 0 is the
+    # source's bytes exactly; the first preview (strength 1) differs inside.
+    previews = anim_gui["driver"]["previews"]
+    assert previews, f"no preview was shown: {anim_gui['driver']['log']}"
+    w, h = anim_gui["selection"][2:]
+    coverage = bytes.fromhex(anim_gui["coverage"])
+    source = bytes.fromhex(anim_gui["frames_in_region"][0])
+    corners = [0, w - 1, (h - 1) * w, h * w - 1]
+    centre = (h // 2) * w + w // 2
+    assert [coverage[i] for i in corners] == [0] * 4 and coverage[centre] == 255
+    outside = [i for i, c in enumerate(coverage) if c == 0]
+    inside = [i for i, c in enumerate(coverage) if c == 255]
+    assert len(outside) > 4 * 20 and len(inside) > w * h // 2
+
+    def px(data, i):
+        return data[4 * i:4 * i + 4]
+
+    for p, data in zip(previews, anim_gui["pixels"]):
+        kept = sum(px(data, i) == px(source, i) for i in outside)
+        assert kept == len(outside), (p["index"], kept, len(outside))
+    first = anim_gui["pixels"][0]
+    styled = sum(px(first, i) != px(source, i) for i in inside) / len(inside)
+    assert px(first, centre) != px(source, centre) and styled > 0.5, styled
 
 
 def test_ok_runs_the_animation_on_the_previews_engine(anim_gui):

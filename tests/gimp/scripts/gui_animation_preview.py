@@ -1,10 +1,11 @@
 # Runs inside GIMP's GUI (gui_run.py: gimp-3.x under Xvfb, python-fu-eval): opens the Style
-# Transfer (Animation) dialog over a 3-frame animation whose frames differ in colour, with a
-# rectangle selected and a painting open in another image (the dialog pre-selects it as the
+# Transfer (Animation) dialog over a 3-frame animation whose frames differ in colour, with an
+# ellipse selected and a painting open in another image (the dialog pre-selects it as the
 # style layer), and lets gui_preview_driver.py (mode "animation") work the dialog through X:
 # previews, strength 0, OK. Records each frame's pixels over the selection's bounding box (what
-# the first frame's preview must show), the new image, the source image and the engine log's
-# new lines into $NST_E2E_OUT; the test asserts on it.
+# the first frame's preview must show) and the selection's coverage there (the preview blends
+# by it, as the run's mask does), the new image, the source image and the engine log's new
+# lines into $NST_E2E_OUT; the test asserts on it.
 import json
 import math
 import os
@@ -21,7 +22,7 @@ OUT = os.environ["NST_E2E_OUT"]
 DRIVER = os.path.join(os.environ["NST_E2E_SCRIPTS"], "gui_preview_driver.py")
 ANIM = "plug-in-nst-style-transfer-animation"
 NAMES = ["Background (80ms)", "Frame 2 (120ms) (combine)", "Frame 3 (200ms) (replace)"]
-SELECTION = (16, 8, 48, 40)  # x, y, w, h: inside the 96x64 canvas
+SELECTION = (16, 8, 48, 40)  # x, y, w, h: the ellipse's box, inside the 96x64 canvas
 found = {}
 
 
@@ -57,9 +58,12 @@ with recording(found, OUT):
     for k, name in enumerate(NAMES):
         add_layer(image, name, 96, 64, frame(k), position=0)
     image.undo_enable()
-    image.select_rectangle(Gimp.ChannelOps.REPLACE, *SELECTION)
+    # An ellipse (antialiased: partly selected pixels on its edge): the box's corners are
+    # outside it, so the run keeps the source's pixels there, and the preview must too.
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, *SELECTION)
     image.clean_all()
     found["selection"] = list(SELECTION)
+    found["coverage"] = pixels(image.get_selection(), "Y u8", rect=SELECTION).hex()
     found["frames_in_region"] = [pixels(l, rect=SELECTION).hex()
                                  for l in reversed(image.get_layers())]  # playing order
     found["before"] = layers_of(image)
