@@ -203,7 +203,10 @@ class ForeignListener:
                 return
             self.conns.append(conn)
             if self.hello:
-                conn.sendall(self.hello)
+                try:
+                    conn.sendall(self.hello)
+                except OSError:  # the client read enough and hung up first: its right
+                    pass
 
     def close(self) -> None:
         self.sock.close()
