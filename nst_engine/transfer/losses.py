@@ -65,8 +65,9 @@ class ContentLoss(nn.Module):
 class _MeanSquare(torch.autograd.Function):
     """``d.pow(2).mean()`` with its gradient in ``d``'s layout. Autograd's own comes back in
     the default layout from channels-last features (the mean's expanded gradient is the
-    product's first factor), and the convolution's backward then reorders it: 8 % of a step's
-    backward at 512 px (float32, CPU)."""
+    product's first factor), and the convolution's backward then reorders it: its input
+    gradient at ``relu4_2`` of a 512 px image took 8 % longer in float32, 50 % in bfloat16
+    (CPU, oneDNN)."""
 
     @staticmethod
     def forward(ctx, d: Tensor) -> Tensor:
