@@ -9,7 +9,10 @@ preview and presses OK: the run must succeed on the preview's engine. The animat
 (scripts/gui_animation_preview.py, the driver's "animation" mode): the same pane, previewing the
 first frame over the selection's bounding box plus context margin (the bounding box shown, the
 styled box blended over the frame by an ellipse's coverage, as the run's mask does); OK runs the
-animation on the preview's engine.
+animation on the preview's engine. The still dialog over a feathered ellipse on a 600x400 layer
+at offsets (37, 23) (scripts/gui_still_selection_preview.py, the driver's "selection" mode): one
+2-step preview, read scaled down (256/590), then Cancel; the preview keeps the photo's bytes
+where the selection's coverage is 0 and differs inside.
 
 How the test sees the previews (decision): the plug-in's test hook NST_PREVIEW_DUMP_DIR makes the
 dialog write every finished preview there as raw RGBA plus a JSON description (size and the
@@ -190,3 +193,68 @@ def test_ok_runs_the_animation_on_the_previews_engine(anim_gui):
 def test_the_animation_dialog_leaves_no_process(anim_gui):
     assert anim_gui["procs"] == [], anim_gui["procs"]
     assert anim_gui["runner_rc"] == 0, "GIMP did not quit by itself"
+
+
+# ------------------------------------------ the still dialog over a selection, scaled down
+
+@pytest.fixture(scope="module")
+def still_sel(gimp):
+    """scripts/gui_still_selection_preview.py: the still dialog over a feathered ellipse on a
+    600x400 layer at offsets (37, 23): Iterations 2, one preview (read scaled down), Cancel."""
+    dump = f"{gimp.work}/selection-previews"
+    found = gimp.run_gui("gui_still_selection_preview.py", "gui still selection preview",
+                         timeout=600, NST_PREVIEW_DUMP_DIR=dump)
+    found["pixels"] = [gimp.tree.host_path(f"{dump}/preview-{p['index']:03d}.rgba")
+                       .read_bytes() for p in found["driver"].get("previews", [])]
+    return found
+
+
+def test_the_still_preview_keeps_the_source_outside_a_feathered_ellipse_scaled_down(still_sel):
+    # The region plus margin (590x400 px) is read at 256/590: the layer on its scaled grid,
+    # the selection on the image's (offsets 37, 23: up to one preview pixel apart). Where the
+    # coverage is 0 in a pixel's whole 3x3 neighbourhood the preview must hold the source's
+    # bytes exactly (the photo read at the same scale); well inside the ellipse, the styled.
+    assert "exception" not in still_sel, still_sel["exception"]
+    previews = still_sel["driver"].get("previews")
+    assert previews, f"no preview was shown: {still_sel['driver']['log']}"
+    assert still_sel["status"] == "cancel" and still_sel["unchanged"], still_sel.get("message")
+    p, data = previews[-1], still_sel["pixels"][-1]
+    assert p["settings"]["overrides"]["iterations"] == 2
+    rx, ry, rw, rh = still_sel["region"]
+    crop, scale = still_sel["crop"], still_sel["scale"]
+    assert scale < 0.5 and crop == p["settings"]["crop"], (crop, scale)
+    cw, ch = still_sel["content_size"]
+    sx, sy = round((rx - crop[0]) * scale), round((ry - crop[1]) * scale)
+    w, h = p["width"], p["height"]
+    assert (w, h) == (round(rw * scale), round(rh * scale)) and len(data) == 4 * w * h, p
+    content, coverage = (bytes.fromhex(still_sel[k]) for k in ("content", "coverage"))
+    assert len(content) == 4 * cw * ch and len(coverage) == cw * ch
+
+    def near(i, j):  # the coverage of (i, j) of the preview and its 8 neighbours
+        return [coverage[(sy + j + b) * cw + sx + i + a]
+                for b in (-1, 0, 1) for a in (-1, 0, 1)
+                if 0 <= sx + i + a < cw and 0 <= sy + j + b < ch]
+
+    def shown(i, j):
+        return data[4 * (j * w + i):4 * (j * w + i) + 4]
+
+    def source(i, j):
+        k = (sy + j) * cw + sx + i
+        return content[4 * k:4 * k + 4]
+
+    cells = [(i, j) for j in range(h) for i in range(w)]
+    outside = [c for c in cells if max(near(*c)) == 0]
+    inside = [c for c in cells if min(near(*c)) == 255]
+    corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
+    assert all(c in outside for c in corners) and (w // 2, h // 2) in inside
+    assert len(outside) > 4 * 100 and len(inside) > w * h // 2, (len(outside), len(inside))
+    kept = sum(shown(*c) == source(*c) for c in outside)
+    assert kept == len(outside), (kept, len(outside), [(c, shown(*c), source(*c))
+                                                       for c in corners])
+    styled = sum(shown(*c) != source(*c) for c in inside) / len(inside)
+    assert shown(w // 2, h // 2) != source(w // 2, h // 2) and styled > 0.5, styled
+
+
+def test_the_still_selection_dialog_leaves_no_process(still_sel):
+    assert still_sel["procs"] == [], still_sel["procs"]
+    assert still_sel["runner_rc"] == 0, "GIMP did not quit by itself"

@@ -2,9 +2,10 @@
 # dialog through X (xdotool's XTest key presses; no window manager under Xvfb, so the dialog is
 # raised and focused directly) and watches the previews the plug-in writes to
 # $NST_PREVIEW_DUMP_DIR. Writes what it did and saw to OUT.driver.json.
-#   usage: gui_preview_driver.py shot|cancel|ok|animation OUT
+#   usage: gui_preview_driver.py shot|cancel|ok|animation|selection OUT
 #   animation: the Style Transfer (Animation) dialog: Iterations 2, a preview, strength 0, a
 #   preview, OK (a tiny run on the preview's engine).
+#   selection: the still dialog over a selection: Iterations 2, one preview, Cancel.
 import glob
 import json
 import os
@@ -126,6 +127,9 @@ try:
                       lambda p: overrides(p)["strength"] == float(NEW_STRENGTH),
                       "preview with new strength", (30.0, NEXT_PREVIEW_S, NEXT_PREVIEW_S))
         capture(window, OUT + ".png")
+    elif MODE == "selection":  # one short preview, then Cancel (below)
+        set_field(window, "alt+i", "2", lambda p: overrides(p)["iterations"] == 2,
+                  "preview with 2 steps", (60.0, FIRST_PREVIEW_S, FIRST_PREVIEW_S))
     elif MODE == "animation":  # previews of the first frame, then a tiny run: OK
         if set_field(window, "alt+i", "2", lambda p: overrides(p)["iterations"] == 2,
                      "preview with 2 steps", (60.0, FIRST_PREVIEW_S, FIRST_PREVIEW_S)):
