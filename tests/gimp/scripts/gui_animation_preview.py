@@ -6,20 +6,17 @@
 # the first frame's preview must show) and the selection's coverage there (the preview blends
 # by it, as the run's mask does), the new image, the source image and the engine log's new
 # lines into $NST_E2E_OUT; the test asserts on it.
-import json
 import math
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
-from prelude import (add_layer, displayed, engine_log, engine_log_size,  # noqa: E402
-                     pixel_hash, pixels, recording)
+from prelude import (add_layer, displayed, driven, engine_log,  # noqa: E402
+                     engine_log_size, pixel_hash, pixels, recording)
 
 from gi.repository import Gimp  # noqa: E402
 
 OUT = os.environ["NST_E2E_OUT"]
-DRIVER = os.path.join(os.environ["NST_E2E_SCRIPTS"], "gui_preview_driver.py")
 ANIM = "plug-in-nst-style-transfer-animation"
 NAMES = ["Background (80ms)", "Frame 2 (120ms) (combine)", "Frame 3 (200ms) (replace)"]
 SELECTION = (16, 8, 48, 40)  # x, y, w, h: the ellipse's box, inside the 96x64 canvas
@@ -70,8 +67,7 @@ with recording(found, OUT):
     images_before = {i.get_id() for i in Gimp.get_images()}
     with displayed(image):
         log_start = engine_log_size()
-        driver = subprocess.Popen(["python3", DRIVER, "animation", f"{OUT}.animation"])
-        try:
+        with driven("animation", f"{OUT}.animation") as driver:
             proc = Gimp.get_pdb().lookup_procedure(ANIM)
             cfg = proc.create_config()
             cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
@@ -85,13 +81,7 @@ with recording(found, OUT):
                 found["new_layers"] = [l.get_name() for l in new.get_layers()]
             else:
                 found["message"] = res.index(1)
-            driver.wait(30)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-        found["driver_rc"] = driver.returncode
-        with open(f"{OUT}.animation.driver.json") as f:
-            found["driver"] = json.load(f)
+        found.update(driver)
         found["engine_log"] = engine_log(log_start)
         found["after"] = layers_of(image)
         found["dirty"] = image.is_dirty()

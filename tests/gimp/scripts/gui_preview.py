@@ -7,20 +7,17 @@
 # The plug-in writes every finished preview to $NST_PREVIEW_DUMP_DIR (its test hook). This side
 # records the image before and after each dialog, and the engine log's new lines, into
 # $NST_E2E_OUT; the test asserts on it.
-import json
 import math
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
-from prelude import (add_layer, displayed, engine_log, engine_log_size,  # noqa: E402
-                     pixel_hash, recording, run_plugin)
+from prelude import (add_layer, displayed, driven, engine_log,  # noqa: E402
+                     engine_log_size, pixel_hash, recording, run_plugin)
 
 from gi.repository import Gimp  # noqa: E402
 
 OUT = os.environ["NST_E2E_OUT"]
-DRIVER = os.path.join(os.environ["NST_E2E_SCRIPTS"], "gui_preview_driver.py")
 results = {}
 
 
@@ -63,17 +60,10 @@ def snapshot(image):
 def dialog(image, photo, mode, name):
     """Open the dialog with the driver working it in ``mode``; record what came of it."""
     log_start = engine_log_size()
-    driver = subprocess.Popen(["python3", DRIVER, mode, f"{OUT}.{name}"])
-    try:
+    with driven(mode, f"{OUT}.{name}") as driver:
         found = run_plugin(image, [photo], run_mode=Gimp.RunMode.INTERACTIVE)
         found["after"] = snapshot(image)
-        driver.wait(30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    found["driver_rc"] = driver.returncode
-    with open(f"{OUT}.{name}.driver.json") as f:
-        found["driver"] = json.load(f)
+    found.update(driver)
     found["engine_log"] = engine_log(log_start)
     results[name] = found
 

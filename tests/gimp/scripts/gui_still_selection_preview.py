@@ -12,18 +12,16 @@ import glob
 import json
 import math
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.environ["NST_E2E_SCRIPTS"])
-from prelude import (add_layer, displayed, pixel_hash, pixels,  # noqa: E402
+from prelude import (add_layer, displayed, driven, pixel_hash,  # noqa: E402
                      recording, run_plugin)
 
 from gi.repository import Gegl, Gimp  # noqa: E402
 
 OUT = os.environ["NST_E2E_OUT"]
 DUMP = os.environ["NST_PREVIEW_DUMP_DIR"]
-DRIVER = os.path.join(os.environ["NST_E2E_SCRIPTS"], "gui_preview_driver.py")
 OFFSETS = (37, 23)
 ELLIPSE = (OFFSETS[0] + 60, OFFSETS[1] + 40, 480, 320)  # image coordinates, inside the layer
 found = {}
@@ -63,16 +61,9 @@ with recording(found, OUT):
     found["offsets"], found["region"] = [ox, oy], [rx, ry, rw, rh]
     before = pixel_hash(layer)
     with displayed(image):
-        driver = subprocess.Popen(["python3", DRIVER, "selection", f"{OUT}.selection"])
-        try:
+        with driven("selection", f"{OUT}.selection") as driver:
             found.update(run_plugin(image, [layer], run_mode=Gimp.RunMode.INTERACTIVE))
-            driver.wait(30)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-        found["driver_rc"] = driver.returncode
-        with open(f"{OUT}.selection.driver.json") as f:
-            found["driver"] = json.load(f)
+        found.update(driver)
         found["unchanged"] = pixel_hash(layer) == before and not image.is_dirty()
         dumps = sorted(glob.glob(os.path.join(DUMP, "preview-*.json")))
         if dumps:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import time
 import traceback
 
@@ -20,6 +21,8 @@ FMT = "R'G'B'A u8"
 CONFIG = os.path.join(os.environ["HOME"], ".config", "nst-style-transfer", "config.json")
 ENGINE_LOG = os.path.join(os.environ["HOME"], ".local", "share", "nst-style-transfer", "logs",
                           "engine.log")
+#: The helper process that works a dialog through X (xdotool), in one of its modes.
+DRIVER = os.path.join(os.environ["NST_E2E_SCRIPTS"], "gui_preview_driver.py")
 # Tiny and fast: the point is the plumbing, not the picture.
 FAST = {"preset": "quick", "iterations": 3, "max-size": 64, "seed": 7}
 
@@ -46,6 +49,25 @@ def recording(found, path):
     finally:
         found["seconds"] = round(time.monotonic() - t0, 2)
         save(found, path)
+
+
+@contextlib.contextmanager
+def driven(mode, out):
+    """``DRIVER`` working, in ``mode``, the dialog the body opens (and runs to its end). Yields
+    a dict that, once the body is done and the driver has ended (30 s at most), holds its exit
+    code (``driver_rc``) and its report (``driver``, from ``{out}.driver.json``). A driver still
+    running then, or when the body fails, is killed."""
+    driver = subprocess.Popen(["python3", DRIVER, mode, out])
+    report = {}
+    try:
+        yield report
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    report["driver_rc"] = driver.returncode
+    with open(f"{out}.driver.json") as f:
+        report["driver"] = json.load(f)
 
 
 @contextlib.contextmanager
