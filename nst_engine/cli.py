@@ -1,7 +1,9 @@
 """``python -m nst_engine``: the command line.
 
-This module only parses arguments; each command's work lives in the module that owns it and is
-imported when the command runs, so ``presets`` never imports torch and ``--help`` is instant.
+This module only parses arguments; each command's work lives in the module that owns it (the
+``stylize`` command's in ``stylize_cli/``) and is imported when the command runs, so
+``presets`` never imports torch and ``--help`` is instant. An ``EngineError`` (a user's error)
+is printed without a traceback (exit 2); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -146,21 +148,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        # Each command's function takes the arguments and returns the exit status.
         if args.command == "stylize":
-            from .run_stylize import run
+            from .stylize_cli.command import stylize_command as command
         elif args.command == "presets":
-            from .presets import run_command as run
+            from .presets import run_command as command
         elif args.command == "doctor":
-            from .doctor import run
+            from .doctor import run as command
         elif args.command == "fetch-weights":
-            from .model.weights import run_fetch as run
+            from .model.weights import run_fetch as command
         elif args.command == "attach":
-            from .server.attach import run
+            from .server.attach import run as command
         elif args.listen:
-            from .server.listen import run
+            from .server.listen import run as command
         else:
-            from .server.stdio import run
-        return run(args)
+            from .server.stdio import run as command
+        return command(args)
     except EngineError as e:
         print(f"error: {e.user_text()}", file=sys.stderr)
         return 2

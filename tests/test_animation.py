@@ -313,8 +313,8 @@ def test_cli_refuses_bad_animations_before_any_work(tmp_path, capsys):
 
 
 def test_cli_refuses_too_many_frames(tmp_path, capsys, monkeypatch):
-    from nst_engine import run_animation
-    monkeypatch.setattr(run_animation, "MAX_FRAMES", 3)
+    from nst_engine.stylize_cli import request
+    monkeypatch.setattr(request, "MAX_FRAMES", 3)
     paths = []
     for i in range(4):
         paths.append(tmp_path / f"f{i}.png")

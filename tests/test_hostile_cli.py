@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_engine import imageio, run_stylize
+from nst_engine import imageio
+from nst_engine.stylize_cli.command import stylize_command
 from nst_engine.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_finished_result_is_rescued_when_its_folder_vanished(tmp_path, monkeypat
         strength=None, preserve_colors=None, seed=1, device="cpu",
         weights=str(random_weights_file), weights_kind=None, quiet=True, tile_size=None)
     with pytest.raises(InvalidInput) as e:
-        run_stylize.run(args)
+        stylize_command(args)
     saved = list(rescue.glob("out-*.png"))
     assert len(saved) == 1 and f"saved to '{saved[0]}'" in e.value.message
     with Image.open(saved[0]) as img:

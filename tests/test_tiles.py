@@ -164,7 +164,7 @@ def test_full_tiles_the_levels_that_do_not_fit():
 
 def test_explicit_max_size_means_that_size_on_every_device():
     from nst_engine import cli
-    from nst_engine.run_stylize import _params as cli_params
+    from nst_engine.stylize_cli.request import params_from_args as cli_params
 
     def parsed(*extra):
         return cli_params(cli._parser().parse_args(["stylize", "c.png", "-s", "s.png", "-o",
