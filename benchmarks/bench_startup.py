@@ -13,7 +13,7 @@ least disturbed figure):
   (``attach`` starts one): what the first run after login (or after ``keep_warm``) pays.
 - first job overhead, warm job overhead, at 0.2 MP and 12 MP: a whole plug-in run's wall time
   (``from_config`` → ``start`` → ``stylize`` → ``close``) minus the optimisation's own time
-  (from the ``preparing`` progress frame, sent once the inputs are tensors, to the last
+  (from the ``preparing`` progress message, sent once the inputs are tensors, to the last
   ``optimizing`` one, as the client receives them: style targets and every step). What remains
   is start/connect, sending and receiving the pixels, the engine's conversion of the full-size
   images to tensors and of the result back (resize to full size, 8-bit), and closing.

@@ -1,7 +1,7 @@
 """A careless or hostile client of ``serve``: every malformed request is answered with an error
 naming the field, the engine keeps serving, and it exits as soon as its input ends.
 
-One engine (random weights, CPU, tiny images) takes the whole sequence; each hostile frame is
+One engine (random weights, CPU, tiny images) takes the whole sequence; each hostile message is
 followed by a real job, so an engine that stopped answering fails the test at once.
 """
 
@@ -26,7 +26,7 @@ BOUND = 1000
 
 
 def raw(header: dict, payload: bytes = b"") -> bytes:
-    """A frame as a careless client writes it: Python's JSON, NaN and Infinity included."""
+    """A message as a careless client writes it: Python's JSON, NaN and Infinity included."""
     body = json.dumps(header).encode()
     return PREFIX.pack(MAGIC, len(body), len(payload)) + body + payload
 
@@ -58,7 +58,7 @@ BAD_IDS = {
     "long text": "i" * 100_000,
 }
 
-#: (frame, code, words in the message): each must be answered, with id null when the id is bad.
+#: (message, code, words in the error): each must be answered, with id null when the id is bad.
 HOSTILE = {
     **{f"stylize id {k}": (stylize(v), Code.BAD_REQUEST, "'id'") for k, v in BAD_IDS.items()},
     **{f"cancel id {k}": (raw({"type": Msg.CANCEL, "id": v}), Code.BAD_REQUEST, "'id'")
@@ -171,7 +171,7 @@ def test_engine_exits_when_input_ends_after_hostile_input(engine):
 
 
 UNENCODABLE = textwrap.dedent("""
-    # An engine bug: an error message too large for a frame, with the engine's own bound
+    # An engine bug: an error message too large for the wire, with the engine's own bound
     # switched off. The reply cannot be encoded; the client must get an internal error, and
     # the engine must go on serving (it used to take this for a closed pipe and exit).
     import sys

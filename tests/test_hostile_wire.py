@@ -1,4 +1,4 @@
-"""Property-based fuzz of request validation (``wire.check_request`` via the frame reader).
+"""Property-based fuzz of request validation (``wire.check_request`` via the message reader).
 
 Whatever JSON a client sends, reading it either gives a request whose fields the engine can use
 as they are (an id it can hash and echo, short texts), or a non-fatal ProtocolError whose reply
@@ -52,32 +52,32 @@ def good_stylize() -> dict:
                        {"role": "style", "width": 1, "height": 1, "weight": 1.0}]}
 
 
-def frame(header: dict, payload: bytes = b"") -> bytes:
+def message(header: dict, payload: bytes = b"") -> bytes:
     body = json.dumps(header).encode()  # allow_nan: what a careless client writes
     return PREFIX.pack(MAGIC, len(body), len(payload)) + body + payload
 
 
 def read_one(header: dict, payload: bytes = b""):
-    """The reader's verdict on one frame: the frame, or the ProtocolError (checked here)."""
+    """The reader's verdict on one message: the message, or the ProtocolError (checked here)."""
     try:
-        return wire.read_frame(io.BytesIO(frame(header, payload)), accept=CLIENT_TYPES)
+        return wire.read_message(io.BytesIO(message(header, payload)), accept=CLIENT_TYPES)
     except ProtocolError as e:
         assert e.code in vars(Code).values() and not e.fatal
         assert e.id is None or wire.is_valid_id(e.id)
         assert len(e.message) < BOUND, e.message[:200]
         # The engine's reply to it can always be encoded.
-        wire.encode_frame({"type": Msg.ERROR, "id": e.id, "code": e.code,
-                           "message": e.message, "hint": ""})
+        wire.encode_message({"type": Msg.ERROR, "id": e.id, "code": e.code,
+                             "message": e.message, "hint": ""})
         return e
 
 
-def assert_usable(f: wire.Frame) -> None:
+def assert_usable(f: wire.Message) -> None:
     """What the engine does with a request it accepted: hash its id, echo it, read texts."""
     h = f.header
     rid = h.get("id")
     assert rid is None and f.type != Msg.STYLIZE or wire.is_valid_id(rid)
     hash(rid)
-    wire.encode_frame({"type": Msg.PROGRESS, "id": rid})
+    wire.encode_message({"type": Msg.PROGRESS, "id": rid})
     if f.type == Msg.STYLIZE:
         for key in ("preset", "device"):
             assert h.get(key) is None or (isinstance(h[key], str)
@@ -92,7 +92,7 @@ def test_fuzz_one_hostile_field(kind, field, value):
     header[field] = value
     payload = bytes(8) if kind == Msg.STYLIZE else b""
     result = read_one(header, payload)
-    if isinstance(result, wire.Frame):
+    if isinstance(result, wire.Message):
         assert_usable(result)
 
 
@@ -101,7 +101,7 @@ def test_fuzz_one_hostile_field(kind, field, value):
        header=st.dictionaries(fields, hostile, max_size=6))
 def test_fuzz_whole_hostile_header(kind, header):
     result = read_one({**header, "type": kind})
-    if isinstance(result, wire.Frame):
+    if isinstance(result, wire.Message):
         assert_usable(result)
 
 
@@ -112,7 +112,7 @@ def test_fuzz_hostile_image_entry(index, key, value):
     header = good_stylize()
     header["images"][index][key] = value
     result = read_one(header, bytes(8))
-    if isinstance(result, wire.Frame):  # what serve does with it: sizes and float weights
+    if isinstance(result, wire.Message):  # what serve does with it: sizes and float weights
         for im, data in wire.split_images(result.header, result.payload):
             assert len(data) == im["width"] * im["height"] * 4
         # (the content's weight is never read)
@@ -126,7 +126,7 @@ def test_fuzz_ids_accepted_are_exactly_the_usable_ones(rid):
     usable = (rid is None or (isinstance(rid, str) and len(rid) <= wire.MAX_ID_CHARS)
               or (isinstance(rid, float) and math.isfinite(rid))
               or (type(rid) is int and abs(rid) <= wire.MAX_ID_INT))
-    assert isinstance(result, wire.Frame) == usable, (rid, result)
+    assert isinstance(result, wire.Message) == usable, (rid, result)
     if not usable:
         assert result.code == Code.BAD_REQUEST and "'id'" in result.message
 
@@ -135,22 +135,22 @@ def test_fuzz_ids_accepted_are_exactly_the_usable_ones(rid):
 @given(stream=st.lists(st.tuples(st.sampled_from(sorted(CLIENT_TYPES)), fields, hostile),
                        min_size=1, max_size=5))
 def test_fuzz_stream_of_hostile_requests_stays_in_step(stream):
-    """Refused requests skip their payloads: the frame after each is read intact."""
+    """Refused requests skip their payloads: the message after each is read intact."""
     data = b""
     for kind, field, value in stream:
         header = good_stylize() if kind == Msg.STYLIZE else {"type": kind, "id": 1}
         header[field] = value
-        data += frame(header, bytes(8) if kind == Msg.STYLIZE else b"")
-        data += frame({"type": Msg.CANCEL, "id": "marker"})
+        data += message(header, bytes(8) if kind == Msg.STYLIZE else b"")
+        data += message({"type": Msg.CANCEL, "id": "marker"})
     reader = io.BytesIO(data)
     for _ in stream:
         try:
-            wire.read_frame(reader, accept=CLIENT_TYPES)
+            wire.read_message(reader, accept=CLIENT_TYPES)
         except ProtocolError as e:
             assert not e.fatal
-        marker = wire.read_frame(reader, accept=CLIENT_TYPES)
+        marker = wire.read_message(reader, accept=CLIENT_TYPES)
         assert marker.header == {"type": Msg.CANCEL, "id": "marker"}
-    assert wire.read_frame(reader, accept=CLIENT_TYPES) is None
+    assert wire.read_message(reader, accept=CLIENT_TYPES) is None
 
 
 def test_unencodable_header_is_an_encode_error_not_a_closed_stream():
@@ -160,7 +160,7 @@ def test_unencodable_header_is_an_encode_error_not_a_closed_stream():
                    {"type": Msg.ERROR, "id": object()},
                    {"type": Msg.ERROR, "id": nested(100_000)}):
         try:
-            wire.encode_frame(header)
+            wire.encode_message(header)
         except wire.EncodeError as e:
             assert len(str(e)) < BOUND
         else:

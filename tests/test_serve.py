@@ -20,7 +20,7 @@ import pytest
 from nst_engine.bridge import client as client_module
 from nst_engine.bridge import wire
 from nst_engine.bridge.client import EngineClient, EngineFailed, PipeClient, list_presets
-from nst_engine.bridge.wire import MAGIC, PREFIX, Code, Msg, RGBAImage, encode_frame
+from nst_engine.bridge.wire import MAGIC, PREFIX, Code, Msg, RGBAImage, encode_message
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -165,15 +165,15 @@ def test_engine_errors_become_user_messages(engine):
 
 
 @pytest.mark.parametrize("data, code", [
-    (encode_frame({"type": "launch_missiles", "id": 5}), Code.UNKNOWN_TYPE),
-    (encode_frame({"type": Msg.HELLO, "id": 5}), Code.UNKNOWN_TYPE),
-    (encode_frame({"type": Msg.STYLIZE, "id": 5, "protocol": 99, "images": []}),
+    (encode_message({"type": "launch_missiles", "id": 5}), Code.UNKNOWN_TYPE),
+    (encode_message({"type": Msg.HELLO, "id": 5}), Code.UNKNOWN_TYPE),
+    (encode_message({"type": Msg.STYLIZE, "id": 5, "protocol": 99, "images": []}),
      Code.PROTOCOL_VERSION),
     # Declares a 3x2 content and a 2x2 style (40 bytes) but sends 44: skipped, not allocated.
-    (encode_frame({"type": Msg.STYLIZE, "id": 5, "protocol": wire.PROTOCOL_VERSION,
-                   "images": [{"role": "content", "width": 3, "height": 2},
-                              {"role": "style", "width": 2, "height": 2, "weight": 1}]},
-                  bytes(44)), Code.BAD_REQUEST),
+    (encode_message({"type": Msg.STYLIZE, "id": 5, "protocol": wire.PROTOCOL_VERSION,
+                     "images": [{"role": "content", "width": 3, "height": 2},
+                                {"role": "style", "width": 2, "height": 2, "weight": 1}]},
+                    bytes(44)), Code.BAD_REQUEST),
 ])
 def test_wrong_but_well_framed_message_is_answered_and_engine_goes_on(engine, data, code):
     send_raw(engine, data)
@@ -365,7 +365,7 @@ def test_printing_libraries_bug_and_crash(
 
 # ------------------------------------------------------------------------- malformed input
 
-TRUNCATED = encode_frame({"type": Msg.CANCEL, "id": 1})[:-3]
+TRUNCATED = encode_message({"type": Msg.CANCEL, "id": 1})[:-3]
 MALFORMED = {
     "bad magic": (b"GIF89a" + bytes(40), Code.BAD_FRAME),
     "too large": (PREFIX.pack(MAGIC, 20, 0xFFFFFFF0) + b'{"type":"stylize"}  ', Code.TOO_LARGE),
@@ -376,7 +376,7 @@ MALFORMED = {
 
 def test_framing_errors_get_a_reply_and_a_clean_exit(tmp_path):
     """Each on its own engine (started together), with no weights file: a job there reports
-    the missing weights, then the broken frame is answered and the engine exits."""
+    the missing weights, then the broken message is answered and the engine exits."""
     missing = tmp_path / "no-weights.pth"
 
     def session(name):
@@ -397,7 +397,7 @@ def test_framing_errors_get_a_reply_and_a_clean_exit(tmp_path):
             assert reply.type == Msg.ERROR and reply.header["code"] == code, reply
             assert reply.header["id"] is None
             assert wait_exit(client) == 3
-            # Nothing but frames on stdout: after the error, a clean end of stream.
+            # Nothing but messages on stdout: after the error, a clean end of stream.
             assert next_reply(client) is client_module._EOF and client._read_error is None
             assert "Traceback" not in log_text(folder)
         finally:

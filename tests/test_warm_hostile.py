@@ -23,7 +23,7 @@ import pytest
 
 from nst_engine.bridge import warm, wire
 from nst_engine.bridge.client import DirectClient, EngineClient, EngineFailed, PipeClient
-from nst_engine.bridge.wire import Code, Msg, encode_frame, read_frame
+from nst_engine.bridge.wire import Code, Msg, encode_message, read_message
 from nst_engine.server import jobs as jobs_module
 from tests.test_serve import (ENDLESS, PY, ROOT, TINY, WAIT, _alive, content_image, in_thread,
                               make_client, next_reply, send_raw, serve_argv, style_image)
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not warm.supported() or not sys.platform.startsw
                                 reason="the warm engine is POSIX-only; these tests read /proc")
 
 
-def stylize_frame(rid, w=2, h=2, overrides=TINY, payload: bytes | None = None) -> bytes:
+def stylize_message(rid, w=2, h=2, overrides=TINY, payload: bytes | None = None) -> bytes:
     header = {"type": Msg.STYLIZE, "id": rid, "protocol": wire.PROTOCOL_VERSION,
               "preset": None, "overrides": overrides, "device": None,
               "images": [{"role": "content", "width": w, "height": h},
@@ -60,7 +60,7 @@ def read_one(s: socket.socket, timeout: float = WAIT):
     s.settimeout(timeout)
     f = s.makefile("rb", buffering=0)
     try:
-        return read_frame(f, accept=wire.ENGINE_TYPES)
+        return read_message(f, accept=wire.ENGINE_TYPES)
     finally:
         f.close()
 
@@ -217,8 +217,9 @@ class ForeignListener:
 def test_a_foreign_listener_gets_no_direct_client(runtime, tmp_path):
     cfg = cfg_for("w.pth", tmp_path)
     options = warm.direct_options(cfg["engine_command"])
-    fake = encode_frame({"type": Msg.HELLO, "protocol": wire.PROTOCOL_VERSION, "pid": os.getpid(),
-                         "warm": {"keep_warm": 60, "key": "x", "options": options}})
+    fake = encode_message({"type": Msg.HELLO, "protocol": wire.PROTOCOL_VERSION,
+                           "pid": os.getpid(),
+                           "warm": {"keep_warm": 60, "key": "x", "options": options}})
     foreign = ForeignListener(runtime, fake)
     try:
         assert warm.connect_direct(options, 60) is None  # a perfect hello, but no engine
@@ -252,7 +253,7 @@ def test_a_peer_that_never_reads_costs_only_its_own_job(random_weights_file, tmp
     try:
         assert read_one(silent).type == Msg.HELLO
         # A 700x700 result (1.9 MB) is far more than the socket buffers hold.
-        silent.sendall(stylize_frame("big", 700, 700))
+        silent.sendall(stylize_message("big", 700, 700))
         deadline = time.monotonic() + WAIT
         while "client stopped reading" not in log_text(tmp_path) \
                 and time.monotonic() < deadline:
@@ -274,7 +275,7 @@ def test_one_client_cannot_queue_more_than_its_share(random_weights_file, tmp_pa
     client.start()
     try:
         for rid in range(1, 7):
-            send_raw(client, stylize_frame(f"q{rid}", overrides=ENDLESS))
+            send_raw(client, stylize_message(f"q{rid}", overrides=ENDLESS))
         busy = []
         deadline = time.monotonic() + WAIT
         while len(busy) < 2:
@@ -283,7 +284,7 @@ def test_one_client_cannot_queue_more_than_its_share(random_weights_file, tmp_pa
             if reply.type == Msg.ERROR:
                 busy.append((reply.header["id"], reply.header["code"]))
         assert busy == [("q5", Code.BUSY), ("q6", Code.BUSY)]
-        send_raw(client, encode_frame({"type": Msg.CANCEL, "id": None}))
+        send_raw(client, encode_message({"type": Msg.CANCEL, "id": None}))
         cancelled = set()
         while len(cancelled) < 4:  # the four it took end as cancelled, not busy
             reply = next_reply(client)
@@ -302,15 +303,15 @@ class _FakeSession:
     def send(self, header, *parts):
         return True
 
-    def run_job(self, frame, cancel):
+    def run_job(self, request, cancel):
         pass
 
 
 def test_the_shared_queue_is_bounded():
     q = jobs_module.Jobs()
-    frame = wire.Frame({"type": Msg.STYLIZE, "id": 1}, b"")
+    request = wire.Message({"type": Msg.STYLIZE, "id": 1}, b"")
     sessions = [_FakeSession() for _ in range(jobs_module.MAX_QUEUED_JOBS + 1)]
-    taken = [q.submit(s, frame, threading.Event()) for s in sessions]
+    taken = [q.submit(s, request, threading.Event()) for s in sessions]
     assert taken == [True] * jobs_module.MAX_QUEUED_JOBS + [False]
 
 
@@ -348,7 +349,7 @@ def test_past_the_payload_budget_a_request_is_busy_and_the_engine_goes_on(random
                          env={**os.environ, jobs_module.PAYLOAD_BUDGET_ENV: "200000"})
     client.start()
     try:
-        send_raw(client, stylize_frame("big", 300, 300))  # 360 kB > 200 kB
+        send_raw(client, stylize_message("big", 300, 300))  # 360 kB > 200 kB
         reply = next_reply(client)
         assert (reply.type, reply.header["id"], reply.header["code"]) == \
             (Msg.ERROR, "big", Code.BUSY)
@@ -465,8 +466,8 @@ def test_running_out_of_descriptors_does_not_end_the_engine(random_weights_file,
 FAKE_RELAY = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, sys.argv[1])
-    from nst_engine.bridge.wire import encode_frame, PROTOCOL_VERSION
-    os.write(1, encode_frame({"type": "hello", "protocol": PROTOCOL_VERSION, "pid": 1}))
+    from nst_engine.bridge.wire import encode_message, PROTOCOL_VERSION
+    os.write(1, encode_message({"type": "hello", "protocol": PROTOCOL_VERSION, "pid": 1}))
     os.read(0, 12)  # the job begins
     os._exit(75)  # attach's EXIT_NO_ENGINE: the warm engine vanished
 """)

@@ -1,4 +1,4 @@
-"""The frame format: round trips, limits checked before allocation, and a fuzzed decoder.
+"""The message format: round trips, limits checked before allocation, and a fuzzed decoder.
 
 ``NST_FUZZ_EXAMPLES`` raises the number of generated cases for a longer run by hand.
 """
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from nst_engine.bridge import wire
 from nst_engine.bridge.wire import (CLIENT_TYPES, ENGINE_TYPES, MAGIC, PREFIX, Code, Msg,
-                                    ProtocolError, RGBAImage, decode_frame, encode_frame,
-                                    read_frame)
+                                    ProtocolError, RGBAImage, decode_message, encode_message,
+                                    read_message)
 
 FUZZ = int(os.environ.get("NST_FUZZ_EXAMPLES", "1500"))
 fuzz = settings(max_examples=FUZZ, deadline=None, database=None,
@@ -33,14 +33,14 @@ def stylize_header(sizes=((3, 2), (2, 2)), **extra):
             "overrides": {}, "device": "cpu", "images": images, **extra}
 
 
-def raw_frame(header_bytes: bytes, payload: bytes = b"", *, magic=MAGIC, plen=None) -> bytes:
+def raw_message(header_bytes: bytes, payload: bytes = b"", *, magic=MAGIC, plen=None) -> bytes:
     return PREFIX.pack(magic, len(header_bytes),
                        len(payload) if plen is None else plen) + header_bytes + payload
 
 
 class CountingStream(io.BytesIO):
     """Records the largest buffer the reader allocated (the object under each ``readinto``
-    view), to prove nothing big was allocated for a refused frame."""
+    view), to prove nothing big was allocated for a refused message."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
@@ -55,20 +55,20 @@ class CountingStream(io.BytesIO):
 
 def test_stylize_round_trip_splits_images_in_order():
     payload = bytes(range(24)) + bytes(range(100, 116))
-    frame = decode_frame(encode_frame(stylize_header(), payload), accept=CLIENT_TYPES)
-    assert frame.type == Msg.STYLIZE and frame.header["id"] == 7
-    (c, cdata), (s, sdata) = wire.split_images(frame.header, frame.payload)
+    msg = decode_message(encode_message(stylize_header(), payload), accept=CLIENT_TYPES)
+    assert msg.type == Msg.STYLIZE and msg.header["id"] == 7
+    (c, cdata), (s, sdata) = wire.split_images(msg.header, msg.payload)
     assert (c["role"], bytes(cdata)) == ("content", bytes(range(24)))
     assert (s["role"], bytes(sdata)) == ("style", bytes(range(100, 116)))
 
 
-def test_stream_of_frames_then_clean_end():
-    data = (encode_frame({"type": Msg.HELLO, "protocol": 1})
-            + encode_frame({"type": Msg.RESULT, "id": 1, "width": 1, "height": 2}, b"x" * 8)
-            + encode_frame({"type": Msg.ERROR, "id": None, "code": "c", "message": "m"}))
+def test_stream_of_messages_then_clean_end():
+    data = (encode_message({"type": Msg.HELLO, "protocol": 1})
+            + encode_message({"type": Msg.RESULT, "id": 1, "width": 1, "height": 2}, b"x" * 8)
+            + encode_message({"type": Msg.ERROR, "id": None, "code": "c", "message": "m"}))
     stream = io.BytesIO(data)
     types = []
-    while (f := read_frame(stream, accept=ENGINE_TYPES)) is not None:
+    while (f := read_message(stream, accept=ENGINE_TYPES)) is not None:
         types.append(f.type)
     assert types == [Msg.HELLO, Msg.RESULT, Msg.ERROR]
 
@@ -85,52 +85,52 @@ def test_stream_of_frames_then_clean_end():
        kind=st.sampled_from(sorted(ALL - {Msg.STYLIZE, Msg.RESULT})))
 def test_round_trip_any_json_header(header, kind):
     header = {**header, "type": kind}
-    assert decode_frame(encode_frame(header)).header == header
+    assert decode_message(encode_message(header)).header == header
 
 
 @round_trips
 @given(w=st.integers(1, 9), h=st.integers(1, 9), data=st.data())
 def test_round_trip_result_payload(w, h, data):
     payload = data.draw(st.binary(min_size=w * h * 4, max_size=w * h * 4))
-    f = decode_frame(encode_frame({"type": Msg.RESULT, "id": 1, "width": w, "height": h},
-                                  payload), accept=ENGINE_TYPES)
+    f = decode_message(encode_message({"type": Msg.RESULT, "id": 1, "width": w, "height": h},
+                                      payload), accept=ENGINE_TYPES)
     assert (f.header["width"], f.header["height"], bytes(f.payload)) == (w, h, payload)
 
 
 # ------------------------------------------------------------------------------ limits
 
 def test_huge_payload_claim_refused_before_reading():
-    stream = CountingStream(raw_frame(b'{"type":"result"}', plen=0xFFFFFFFF))
+    stream = CountingStream(raw_message(b'{"type":"result"}', plen=0xFFFFFFFF))
     with pytest.raises(ProtocolError) as e:
-        read_frame(stream, accept=ENGINE_TYPES)
+        read_message(stream, accept=ENGINE_TYPES)
     assert e.value.code == Code.TOO_LARGE and e.value.fatal
     assert stream.largest <= PREFIX.size
 
 
 def test_payload_cap_is_configurable():
-    data = encode_frame({"type": Msg.RESULT, "id": 1, "width": 4, "height": 4}, bytes(64))
-    assert decode_frame(data, accept=ENGINE_TYPES, max_payload=64)
+    data = encode_message({"type": Msg.RESULT, "id": 1, "width": 4, "height": 4}, bytes(64))
+    assert decode_message(data, accept=ENGINE_TYPES, max_payload=64)
     with pytest.raises(ProtocolError) as e:
-        decode_frame(data, accept=ENGINE_TYPES, max_payload=63)
+        decode_message(data, accept=ENGINE_TYPES, max_payload=63)
     assert e.value.code == Code.TOO_LARGE
 
 
 def test_huge_header_claim_refused():
     with pytest.raises(ProtocolError) as e:
-        read_frame(CountingStream(PREFIX.pack(MAGIC, wire.MAX_HEADER + 1, 0)), accept=ALL)
+        read_message(CountingStream(PREFIX.pack(MAGIC, wire.MAX_HEADER + 1, 0)), accept=ALL)
     assert e.value.code == Code.TOO_LARGE
 
 
 def test_declared_images_must_add_up_and_payload_is_skipped_unallocated():
     # 1 GiB is the cap; the header declares far less than the payload: refused without reading
-    # the payload into memory, and the next frame is still readable.
-    bad = encode_frame(stylize_header(), bytes(24 + 16 + 4))
-    good = encode_frame({"type": Msg.CANCEL, "id": 7})
+    # the payload into memory, and the next message is still readable.
+    bad = encode_message(stylize_header(), bytes(24 + 16 + 4))
+    good = encode_message({"type": Msg.CANCEL, "id": 7})
     stream = CountingStream(bad + good)
     with pytest.raises(ProtocolError) as e:
-        read_frame(stream, accept=CLIENT_TYPES)
+        read_message(stream, accept=CLIENT_TYPES)
     assert e.value.code == Code.BAD_REQUEST and not e.value.fatal and e.value.id == 7
-    assert read_frame(stream, accept=CLIENT_TYPES).type == Msg.CANCEL
+    assert read_message(stream, accept=CLIENT_TYPES).type == Msg.CANCEL
 
 
 @pytest.mark.parametrize("images, why", [
@@ -150,33 +150,34 @@ def test_declared_images_must_add_up_and_payload_is_skipped_unallocated():
 def test_bad_image_declarations(images, why):
     header = {**stylize_header(), "images": images}
     with pytest.raises(ProtocolError) as e:
-        decode_frame(encode_frame(header, bytes(32)), accept=CLIENT_TYPES)
+        decode_message(encode_message(header, bytes(32)), accept=CLIENT_TYPES)
     assert e.value.code == Code.BAD_REQUEST and why in e.value.message
 
 
 def test_other_protocol_version_is_named():
     with pytest.raises(ProtocolError) as e:
-        decode_frame(encode_frame(stylize_header(protocol=99), bytes(40)), accept=CLIENT_TYPES)
+        decode_message(encode_message(stylize_header(protocol=99), bytes(40)),
+                       accept=CLIENT_TYPES)
     assert e.value.code == Code.PROTOCOL_VERSION and not e.value.fatal and "99" in e.value.message
 
 
 @pytest.mark.parametrize("data, code", [
-    (raw_frame(b'{"type":"cancel"}', magic=b"XXXX"), Code.BAD_FRAME),
-    (raw_frame(b'{"type":"cancel"'), Code.BAD_JSON),
-    (raw_frame(b'\xff\xfe'), Code.BAD_JSON),
-    (raw_frame(b'[1, 2]'), Code.BAD_JSON),
-    (raw_frame(b'{"type": 3}'), Code.BAD_JSON),
-    (raw_frame(b'{"type":"launch"}'), Code.UNKNOWN_TYPE),
-    (raw_frame(b'{"type":"hello"}'), Code.UNKNOWN_TYPE),  # an engine message sent to the engine
-    (raw_frame(b'{"type":"cancel"}', b"xy"), Code.BAD_REQUEST),  # cancel carries no payload
-    (encode_frame({"type": "cancel"})[:-1], Code.BAD_FRAME),  # truncated
-    (encode_frame({"type": "cancel"})[:5], Code.BAD_FRAME),
-    (encode_frame({"type": "cancel"}) + b"\0", Code.BAD_FRAME),  # trailing garbage
+    (raw_message(b'{"type":"cancel"}', magic=b"XXXX"), Code.BAD_FRAME),
+    (raw_message(b'{"type":"cancel"'), Code.BAD_JSON),
+    (raw_message(b'\xff\xfe'), Code.BAD_JSON),
+    (raw_message(b'[1, 2]'), Code.BAD_JSON),
+    (raw_message(b'{"type": 3}'), Code.BAD_JSON),
+    (raw_message(b'{"type":"launch"}'), Code.UNKNOWN_TYPE),
+    (raw_message(b'{"type":"hello"}'), Code.UNKNOWN_TYPE),  # an engine message sent to the engine
+    (raw_message(b'{"type":"cancel"}', b"xy"), Code.BAD_REQUEST),  # cancel carries no payload
+    (encode_message({"type": "cancel"})[:-1], Code.BAD_FRAME),  # truncated
+    (encode_message({"type": "cancel"})[:5], Code.BAD_FRAME),
+    (encode_message({"type": "cancel"}) + b"\0", Code.BAD_FRAME),  # trailing garbage
     (b"", Code.BAD_FRAME),
 ])
-def test_malformed_frames(data, code):
+def test_malformed_messages(data, code):
     with pytest.raises(ProtocolError) as e:
-        decode_frame(data, accept=CLIENT_TYPES)
+        decode_message(data, accept=CLIENT_TYPES)
     assert e.value.code == code
 
 
@@ -190,26 +191,26 @@ def test_rgba_image_checks_its_size():
 
 def test_header_must_be_json_without_nan():
     with pytest.raises(ValueError):
-        encode_frame({"type": Msg.PROGRESS, "eta": float("nan")})
+        encode_message({"type": Msg.PROGRESS, "eta": float("nan")})
 
 
 # ------------------------------------------------------------------------------ fuzzing
 
 def _decode_or_protocol_error(data: bytes) -> None:
     try:
-        frame = decode_frame(data, accept=ALL)
+        msg = decode_message(data, accept=ALL)
     except ProtocolError as e:
         assert e.code in vars(Code).values()
         return
     # Whatever decodes re-encodes to the same bytes' meaning.
-    assert decode_frame(encode_frame(frame.header, frame.payload), accept=ALL) == frame
+    assert decode_message(encode_message(msg.header, msg.payload), accept=ALL) == msg
 
 
 def _stream_until_end_or_error(data: bytes) -> None:
     stream = io.BytesIO(data)
-    for _ in range(len(data) + 1):  # every frame consumes >= 12 bytes, so this ends
+    for _ in range(len(data) + 1):  # every message consumes >= 12 bytes, so this ends
         try:
-            if read_frame(stream, accept=ALL) is None:
+            if read_message(stream, accept=ALL) is None:
                 return
         except ProtocolError as e:
             if e.fatal:
@@ -225,22 +226,22 @@ def test_fuzz_arbitrary_bytes(data):
     _stream_until_end_or_error(MAGIC + data)
 
 
-_valid_frames = st.sampled_from([
-    encode_frame(stylize_header(), bytes(40)),
-    encode_frame({"type": Msg.RESULT, "id": 1, "width": 2, "height": 1}, bytes(8)),
-    encode_frame({"type": Msg.PROGRESS, "id": 1, "stage": "optimizing", "iteration": 3}),
-    encode_frame({"type": Msg.CANCEL, "id": 1}),
-    encode_frame({"type": Msg.SHUTDOWN}),
+_valid_messages = st.sampled_from([
+    encode_message(stylize_header(), bytes(40)),
+    encode_message({"type": Msg.RESULT, "id": 1, "width": 2, "height": 1}, bytes(8)),
+    encode_message({"type": Msg.PROGRESS, "id": 1, "stage": "optimizing", "iteration": 3}),
+    encode_message({"type": Msg.CANCEL, "id": 1}),
+    encode_message({"type": Msg.SHUTDOWN}),
 ])
 
 
 @fuzz
-@given(frames=st.lists(_valid_frames, min_size=1, max_size=3),
+@given(messages=st.lists(_valid_messages, min_size=1, max_size=3),
        edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
        cut=st.integers(0, 10_000))
-def test_fuzz_mutated_valid_frames(frames, edits, cut):
+def test_fuzz_mutated_valid_messages(messages, edits, cut):
     # Flipped bytes (often in the length fields or the JSON) and truncation at any point.
-    data = bytearray(b"".join(frames))
+    data = bytearray(b"".join(messages))
     for pos, value in edits:
         data[pos % len(data)] = value
     data = bytes(data[:cut % (len(data) + 1)])
@@ -256,7 +257,7 @@ def test_fuzz_prefix_fields(magic, hlen, plen, rest):
     # beyond the limits, never a hang.
     stream = CountingStream(struct.pack(">4sII", magic, hlen, plen) + rest)
     try:
-        read_frame(stream, accept=ALL, max_payload=1 << 16)
+        read_message(stream, accept=ALL, max_payload=1 << 16)
     except ProtocolError:
         pass
     assert stream.largest <= max(wire.MAX_HEADER, 1 << 16)
@@ -265,5 +266,5 @@ def test_fuzz_prefix_fields(magic, hlen, plen, rest):
 def test_json_nesting_bomb_is_a_protocol_error():
     body = b'{"type":"cancel","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(ProtocolError) as e:
-        decode_frame(raw_frame(body), accept=ALL)
+        decode_message(raw_message(body), accept=ALL)
     assert e.value.code == Code.BAD_JSON

@@ -4,7 +4,7 @@ Standard library only, relative imports only (this package is copied beside the 
 ``nst_bridge``), Python 3.10+ on Linux, Windows and macOS.
 
 ``EngineClient`` speaks the protocol (``wire.py``): it waits for the hello, sends jobs and
-cancels, reads the engine's frames on a thread of its own and turns every failure into an
+cancels, reads the engine's messages on a thread of its own and turns every failure into an
 ``EngineFailed`` a user can act on. How the bytes move, and what closing means, is a
 transport's, one class each:
 
@@ -45,7 +45,7 @@ from .logs import LOG_ENV, LOG_NAME, log_tail, open_log
 from .process import child_env, list_presets
 from .warm import EXIT_NO_ENGINE, connect_direct, direct_options, warm_argv
 from .wire import (DEFAULT_MAX_PAYLOAD, ENGINE_TYPES, PROTOCOL_VERSION, Code, EncodeError, Msg,
-                   ProtocolError, RGBAImage, Role, read_frame, write_frame)
+                   ProtocolError, RGBAImage, Role, read_message, write_message)
 
 #: EngineFailed, child_env and list_presets live in errors.py and process.py; install.py and
 #: the plug-in take them from here, the client's one public face.
@@ -85,11 +85,11 @@ class EngineClient(abc.ABC):
         self.hello: dict[str, Any] | None = None
         #: The last result's notices (e.g. weights of unknown checksum), for the user to see.
         self.last_notices: list[str] = []
-        self._rfile: Any = None  # the engine's frames come from here
+        self._rfile: Any = None  # the engine's messages come from here
         self._wfile: Any = None  # ours go here
         self._log: Any = None
         self._log_start = 0
-        self._frames: queue.Queue = queue.Queue()
+        self._messages: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -300,34 +300,34 @@ class EngineClient(abc.ABC):
     def _send(self, header: dict[str, Any], *parts: bytes) -> None:
         assert self._wfile is not None
         with self._write_lock:
-            write_frame(self._wfile, header, *parts)
+            write_message(self._wfile, header, *parts)
 
     def _read_loop(self) -> None:
         stream = self._rfile
         while True:
             try:
-                frame = read_frame(stream, accept=ENGINE_TYPES, max_payload=self.max_payload)
+                msg = read_message(stream, accept=ENGINE_TYPES, max_payload=self.max_payload)
             except ProtocolError as e:
                 self._read_error = e
                 if e.fatal:
                     break
-                continue  # that frame was skipped whole; the stream is still in step
+                continue  # that message was skipped whole; the stream is still in step
             except (OSError, ValueError):
                 break  # closed under us by close()
-            if frame is None:
+            if msg is None:
                 break
-            self._frames.put(frame)
-        self._frames.put(_EOF)
+            self._messages.put(msg)
+        self._messages.put(_EOF)
 
     def _next(self, timeout: float | None) -> Any:
-        """The next frame or _EOF; None after ``timeout`` seconds. Polls so Ctrl-C works."""
+        """The next message or _EOF; None after ``timeout`` seconds. Polls so Ctrl-C works."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
             if wait <= 0:
                 return None
             try:
-                return self._frames.get(timeout=wait)
+                return self._messages.get(timeout=wait)
             except queue.Empty:
                 continue
 
@@ -387,7 +387,7 @@ class PipeClient(EngineClient):
         self.pythonpath = pythonpath
         self.env = env
         self._proc: subprocess.Popen | None = None
-        self._job: Any = None
+        self._job_object: Any = None  # Windows' kill-on-close Job Object (not a style job)
 
     @property
     def pid(self) -> int | None:
@@ -408,7 +408,7 @@ class PipeClient(EngineClient):
                 f"{e.strerror or e}.",
                 "Run `python install.py` again, or fix 'engine_command' in the Style Transfer "
                 "config.json.", self.log_path) from None
-        self._job = process.kill_on_close_job(self._proc)
+        self._job_object = process.kill_on_close_job(self._proc)
         self._rfile, self._wfile = self._proc.stdout, self._proc.stdin
         return None
 
@@ -444,9 +444,9 @@ class PipeClient(EngineClient):
             proc.stdout.close()
         except OSError:
             pass
-        if self._job is not None:
-            process.close_job(self._job)
-            self._job = None
+        if self._job_object is not None:
+            process.close_job(self._job_object)
+            self._job_object = None
 
 
 class DirectClient(EngineClient):

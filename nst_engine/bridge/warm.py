@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import config
-from .wire import ENGINE_TYPES, PROTOCOL_VERSION, Msg, ProtocolError, read_frame
+from .wire import ENGINE_TYPES, PROTOCOL_VERSION, Msg, ProtocolError, read_message
 
 SOCKET_NAME = "engine.sock"
 LOCK_NAME = "engine.lock"
@@ -373,12 +373,12 @@ def foreign_listener(sock: socket.socket, folder: Path) -> str | None:
 
 
 def read_hello(sock: socket.socket, timeout: float) -> dict[str, Any] | None:
-    """The engine's first frame (hello or a start-up error), or None when the connection closed
+    """The engine's first message (hello or a start-up error), or None when the connection closed
     first. Raises TimeoutError after ``timeout`` s, ProtocolError on garbage."""
     sock.settimeout(timeout)
     stream = sock.makefile("rb", buffering=0)
     try:
-        frame = read_frame(stream, accept=ENGINE_TYPES)
+        msg = read_message(stream, accept=ENGINE_TYPES)
     except (socket.timeout, TimeoutError):
         raise TimeoutError from None
     except (ConnectionError, OSError):
@@ -386,7 +386,7 @@ def read_hello(sock: socket.socket, timeout: float) -> dict[str, Any] | None:
     finally:
         stream.close()
         sock.settimeout(None)
-    return None if frame is None else frame.header
+    return None if msg is None else msg.header
 
 
 def direct_options(argv: Sequence[str]) -> dict[str, Any] | None:

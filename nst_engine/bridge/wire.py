@@ -1,11 +1,12 @@
 """The plug-in ↔ engine wire format: the one definition both sides use. Standard library only.
 
-A frame is ``struct ">4sII"`` = magic ``b"NSTF"``, header length, payload length; then the
+A message is ``struct ">4sII"`` = magic ``b"NSTF"``, header length, payload length; then the
 header, a UTF-8 JSON object with a ``"type"``; then the payload (raw bytes, often empty).
-Every size is checked against the limits *before* anything is allocated, so a frame that claims
-10 GB is refused, not attempted.
+Every size is checked against the limits *before* anything is allocated, so a message that claims
+10 GB is refused, not attempted. (What travels is a *message*; a *frame* is always one picture
+of an animation, which one ``stylize`` message carries.)
 
-Engine → client (the engine's first frame is always ``hello`` or a start-up ``error``):
+Engine → client (the engine's first message is always ``hello`` or a start-up ``error``):
 
 - ``hello``: ``protocol``, ``engine_version``, ``device`` (or null), ``torch``,
   ``weights`` ``{"status", "notice"}``, ``notices`` (list of strings)
@@ -96,6 +97,8 @@ class Code:
     """Error codes the protocol and the bridge create. The engine's own failures carry the
     ``.code`` of ``nst_engine.errors`` classes (weights_missing, cancelled, ...)."""
 
+    #: A message whose framing is broken (magic, lengths, truncated): the stream is out of step.
+    #: The wire's name predates the word "message" for what travels; it stays as sent.
     BAD_FRAME = "bad_frame"
     TOO_LARGE = "too_large"
     BAD_JSON = "bad_json"
@@ -129,7 +132,9 @@ class RGBAImage(NamedTuple):
                              f"{self.width * self.height * 4} bytes, got {len(self.data)}")
 
 
-class Frame(NamedTuple):
+class Message(NamedTuple):
+    """One message read off the wire: its checked header and its payload."""
+
     header: dict[str, Any]
     payload: bytes
 
@@ -139,13 +144,13 @@ class Frame(NamedTuple):
 
 
 class EncodeError(ValueError):
-    """A header that cannot become a frame (NaN, an object JSON has no form for, too large):
+    """A header that cannot become a message (NaN, an object JSON has no form for, too large):
     the sender's bug, not a closed stream."""
 
 
 class ProtocolError(Exception):
-    """A frame or message that breaks the protocol. ``fatal``: the stream is out of step and
-    must be closed. ``id``: the request it belongs to, when known."""
+    """A message, or its framing, that breaks the protocol. ``fatal``: the stream is out of step
+    and must be closed. ``id``: the request it belongs to, when known."""
 
     def __init__(self, code: str, message: str, *, fatal: bool, id: Any = None) -> None:
         super().__init__(message)
@@ -191,25 +196,25 @@ def is_valid_id(v: Any) -> bool:
 
 def encode_header(header: dict[str, Any], payload_len: int = 0) -> bytes:
     """Prefix + JSON header; the payload is written after it by the caller (no copy).
-    Raises EncodeError when the header has no frame."""
+    Raises EncodeError when the header cannot be sent."""
     if not isinstance(header.get("type"), str):
-        raise EncodeError("a frame header needs a string 'type'")
+        raise EncodeError("a message header needs a string 'type'")
     try:
         body = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (ValueError, TypeError, RecursionError) as e:
         raise EncodeError(f"the {excerpt(header['type'])} header cannot be encoded as JSON: "
                           f"{excerpt(str(e))}") from None
     if len(body) > MAX_HEADER:
-        raise EncodeError(f"frame header of {len(body)} bytes exceeds {MAX_HEADER}")
+        raise EncodeError(f"message header of {len(body)} bytes exceeds {MAX_HEADER}")
     return PREFIX.pack(MAGIC, len(body), payload_len) + body
 
 
-def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+def encode_message(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return encode_header(header, len(payload)) + bytes(payload)
 
 
-def write_frame(stream: BinaryIO, header: dict[str, Any], *parts: bytes) -> None:
-    """Write one frame whose payload is ``parts`` joined, then flush. Not thread-safe: callers
+def write_message(stream: BinaryIO, header: dict[str, Any], *parts: bytes) -> None:
+    """Write one message whose payload is ``parts`` joined, then flush. Not thread-safe: callers
     that write from several threads hold a lock."""
     _write_all(stream, encode_header(header, sum(len(p) for p in parts)))
     for p in parts:
@@ -235,14 +240,14 @@ def parse_prefix(prefix: bytes, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> tu
     """(header length, payload length) from the 12-byte prefix, limits checked."""
     magic, hlen, plen = PREFIX.unpack(prefix)
     if magic != MAGIC:
-        raise ProtocolError(Code.BAD_FRAME, f"not a frame: magic {magic!r}, expected {MAGIC!r}",
+        raise ProtocolError(Code.BAD_FRAME, f"not a message: magic {magic!r}, expected {MAGIC!r}",
                             fatal=True)
     if hlen == 0 or hlen > MAX_HEADER:
         raise ProtocolError(Code.TOO_LARGE if hlen else Code.BAD_FRAME,
-                            f"frame header length {hlen} outside 1..{MAX_HEADER}", fatal=True)
+                            f"message header length {hlen} outside 1..{MAX_HEADER}", fatal=True)
     if plen > max_payload:
         raise ProtocolError(Code.TOO_LARGE,
-                            f"frame payload of {plen} bytes exceeds the limit of {max_payload}",
+                            f"message payload of {plen} bytes exceeds the limit of {max_payload}",
                             fatal=True)
     return hlen, plen
 
@@ -251,10 +256,10 @@ def parse_header(body: bytes) -> dict[str, Any]:
     try:
         header = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ProtocolError(Code.BAD_JSON, f"frame header is not UTF-8 JSON: {e}",
+        raise ProtocolError(Code.BAD_JSON, f"message header is not UTF-8 JSON: {e}",
                             fatal=True) from None
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise ProtocolError(Code.BAD_JSON, "frame header is not a JSON object with a 'type'",
+        raise ProtocolError(Code.BAD_JSON, "message header is not a JSON object with a 'type'",
                             fatal=True)
     return header
 
@@ -368,9 +373,9 @@ def _images_size(images: Any, bad) -> int:
     return total
 
 
-def read_frame(stream: BinaryIO, *, accept: frozenset[str],
-               max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame | None:
-    """The next frame, or None at a clean end of stream (between frames).
+def read_message(stream: BinaryIO, *, accept: frozenset[str],
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message | None:
+    """The next message, or None at a clean end of stream (between messages).
 
     ``stream`` needs ``readinto`` (a raw ``io.FileIO`` is best: no lock a daemon reader thread
     could hold at exit)."""
@@ -384,20 +389,20 @@ def read_frame(stream: BinaryIO, *, accept: frozenset[str],
     except ProtocolError:
         _skip(stream, plen)
         raise
-    return Frame(header, _read_exact(stream, plen) if plen else b"")
+    return Message(header, _read_exact(stream, plen) if plen else b"")
 
 
-def decode_frame(data: bytes, *, accept: frozenset[str] = ENGINE_TYPES | CLIENT_TYPES,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
-    """Exactly one frame from ``data``; anything else raises ProtocolError."""
+def decode_message(data: bytes, *, accept: frozenset[str] = ENGINE_TYPES | CLIENT_TYPES,
+                   max_payload: int = DEFAULT_MAX_PAYLOAD) -> Message:
+    """Exactly one message from ``data``; anything else raises ProtocolError."""
     stream = io.BytesIO(data)
-    frame = read_frame(stream, accept=accept, max_payload=max_payload)
-    if frame is None:
-        raise ProtocolError(Code.BAD_FRAME, "no frame: empty input", fatal=True)
+    message = read_message(stream, accept=accept, max_payload=max_payload)
+    if message is None:
+        raise ProtocolError(Code.BAD_FRAME, "no message: empty input", fatal=True)
     if stream.tell() != len(data):
-        raise ProtocolError(Code.BAD_FRAME, f"{len(data) - stream.tell()} bytes after the frame",
+        raise ProtocolError(Code.BAD_FRAME, f"{len(data) - stream.tell()} bytes after the message",
                             fatal=True)
-    return frame
+    return message
 
 
 def _read_exact(stream: BinaryIO, n: int, *, at_start: bool = False) -> bytes | None:
@@ -409,7 +414,7 @@ def _read_exact(stream: BinaryIO, n: int, *, at_start: bool = False) -> bytes | 
         if not k:  # 0 = end of stream (None would be a non-blocking stream: not used)
             if at_start and got == 0:
                 return None
-            raise ProtocolError(Code.BAD_FRAME, f"truncated frame: end of stream after {got} of "
+            raise ProtocolError(Code.BAD_FRAME, f"truncated message: end of stream after {got} of "
                                 f"{n} bytes", fatal=True)
         got += k
     return bytes(buf) if n < _CHUNK else buf  # type: ignore[return-value]
@@ -420,7 +425,7 @@ def _skip(stream: BinaryIO, n: int) -> None:
     while n > 0:
         k = stream.readinto(scratch[:min(n, _CHUNK)])
         if not k:
-            raise ProtocolError(Code.BAD_FRAME, "truncated frame: end of stream in a payload",
+            raise ProtocolError(Code.BAD_FRAME, "truncated message: end of stream in a payload",
                                 fatal=True)
         n -= k
 

@@ -33,7 +33,7 @@ from ..bridge.logs import LOG_ENV, LOG_NAME
 from ..bridge.warm import (BUILD_ENV, EXIT_NO_ENGINE, POLL, SOCKET_NAME, EngineLock,
                            WarmUnavailable, connect, foreign_listener, private_dir, read_hello,
                            stop_engine)
-from ..bridge.wire import PROTOCOL_VERSION, Code, Msg, ProtocolError, encode_frame
+from ..bridge.wire import PROTOCOL_VERSION, Code, Msg, ProtocolError, encode_message
 
 #: attach's own answer "run a per-run engine for this client" (``run`` execs ``serve``).
 PER_RUN = -1
@@ -243,7 +243,7 @@ def _attach(serve_args: Sequence[str], keep_warm: float, hello_timeout: float, l
             _replaced(folder, False, "it is another version or has other options")
             continue
         _log(f"connected to the warm engine, pid {hello.get('pid')}")
-        return _relay(sock, encode_frame(hello))
+        return _relay(sock, encode_message(hello))
     _log(f"no warm engine: {why}")
     return EXIT_NO_ENGINE
 

@@ -52,18 +52,18 @@ class Client(Protocol):
 
     def send(self, header: dict[str, Any], *parts: bytes) -> bool: ...
 
-    def run_job(self, frame: wire.Frame, cancel: threading.Event) -> None: ...
+    def run_job(self, request: wire.Message, cancel: threading.Event) -> None: ...
 
 
 class Jobs:
     """The one queue every session's jobs go through: one job at a time, in arrival order.
 
-    A job queued behind another gets a ``waiting`` progress frame; one cancelled while it waits
+    A job queued behind another gets a ``waiting`` progress message; one cancelled while it waits
     is answered at once (``cancelled``) instead of when its turn comes."""
 
     def __init__(self, budget: PayloadBudget | None = None) -> None:
         self._cond = threading.Condition()
-        self._queue: deque = deque()  # (session, frame, cancel event)
+        self._queue: deque = deque()  # (session, request, cancel event)
         self._running: "Client | None" = None  # whose job runs now
         self.last_active = time.monotonic()
         self.budget = budget or PayloadBudget()
@@ -76,7 +76,7 @@ class Jobs:
         with self._cond:
             return self._running is not None or bool(self._queue)
 
-    def submit(self, session: Client, frame: wire.Frame, cancel: threading.Event) -> bool:
+    def submit(self, session: Client, request: wire.Message, cancel: threading.Event) -> bool:
         """Queue a job; False (not queued) when MAX_QUEUED_JOBS wait already."""
         with self._cond:
             if len(self._queue) >= MAX_QUEUED_JOBS:
@@ -85,11 +85,11 @@ class Jobs:
             # finishing when a quick client sends the next).
             behind = (self._running not in (None, session)
                       or any(other is not session for other, _, _ in self._queue))
-            self._queue.append((session, frame, cancel))
+            self._queue.append((session, request, cancel))
             self._cond.notify_all()
         if behind:
-            log(f"job {frame.header.get('id')!r} waits for another client's job")
-            session.send({"type": Msg.PROGRESS, "id": frame.header.get("id"),
+            log(f"job {request.header.get('id')!r} waits for another client's job")
+            session.send({"type": Msg.PROGRESS, "id": request.header.get("id"),
                           "stage": WAITING_STAGE, "level": 0, "levels": 0, "iteration": 0,
                           "total": 0, "elapsed": 0.0, "eta": None})
         return True
@@ -116,10 +116,10 @@ class Jobs:
                         return
                     self._cond.wait(0.25)
                     continue
-                session, frame, cancel = self._queue.popleft()
+                session, request, cancel = self._queue.popleft()
                 self._running = session
             try:
-                session.run_job(frame, cancel)
+                session.run_job(request, cancel)
             finally:
                 release_cached_memory()
                 with self._cond:
@@ -132,8 +132,8 @@ class Jobs:
                 gone = [item for item in self._queue if item[2].is_set()]
                 for item in gone:
                     self._queue.remove(item)
-            for session, frame, cancel in gone:
-                session.run_job(frame, cancel)  # answers ``cancelled`` without running
+            for session, request, cancel in gone:
+                session.run_job(request, cancel)  # answers ``cancelled`` without running
 
     def wake(self) -> None:
         with self._cond:

@@ -128,7 +128,7 @@ class SocketSession(Session):
         self.jobs.touch()
 
     def serve(self, ready: Ready) -> None:
-        """Hello, then the client's frames, in this session's own thread."""
+        """Hello, then the client's messages, in this session's own thread."""
         try:
             if self.hello(ready):
                 self.read_loop()
@@ -251,9 +251,9 @@ class _Listener:
             raise
 
     def _refuse(self, conn: socket.socket, creds: Any) -> None:
-        """One ``busy`` frame, if the socket takes it now, and the connection closes."""
+        """One ``busy`` error message, if the socket takes it now, and the connection closes."""
         try:
-            conn.send(wire.encode_frame({
+            conn.send(wire.encode_message({
                 "type": Msg.ERROR, "id": None, "code": Code.BUSY,
                 "message": f"The warm engine serves {MAX_CONNECTIONS} clients already.",
                 "hint": "Close other Style Transfer dialogs or scripts, or try again."}),
@@ -295,8 +295,8 @@ def run(args: Any) -> int:
         os._exit(1)
     listener = _Listener(args, path, lock)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: listener.stop_or_drain(f"signal {signum}"))
-    signal.signal(signal.SIGINT, lambda signum, _frame: listener.exit(f"signal {signum}"))
+        signal.signal(sig, lambda signum, _stack: listener.stop_or_drain(f"signal {signum}"))
+    signal.signal(signal.SIGINT, lambda signum, _stack: listener.exit(f"signal {signum}"))
     ready = load_engine(args)
     if ready.error is not None:
         listener.exit(f"cannot start: {ready.error[1]}", 1)

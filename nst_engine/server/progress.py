@@ -1,5 +1,5 @@
-"""Progress frames: the ``progress`` callback of a job, at most ``PROGRESS_PER_SECOND``
-frames a second."""
+"""Progress messages: the ``progress`` callback of a job, at most ``PROGRESS_PER_SECOND``
+messages a second."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from ..bridge.wire import Msg
 
-#: Progress frames per second at most (the first, stage changes and the last always go).
+#: Progress messages per second at most (the first, stage changes and the last always go).
 PROGRESS_PER_SECOND = 10
 
 
@@ -18,7 +18,7 @@ def _finite(x: Any) -> float | None:
 
 
 class ProgressThrottle:
-    """The ``progress`` callback: at most PROGRESS_PER_SECOND frames, never dropping the first,
+    """The ``progress`` callback: at most PROGRESS_PER_SECOND messages, never dropping the first,
     a stage change or the last."""
 
     def __init__(self, send, rid: Any) -> None:

@@ -1,11 +1,11 @@
-"""One client's session with the engine: framed messages in, replies out (``bridge/wire.py``).
+"""One client's session with the engine: messages in, replies out (``bridge/wire.py``).
 
-A reader thread takes the client's frames: jobs go to the shared queue (``jobs.Jobs``), which
+A reader thread takes the client's messages: jobs go to the shared queue (``jobs.Jobs``), which
 a transport's main thread works through; ``cancel`` sets the named job's event; ``shutdown`` or
 the end of the input ends the session (``Session._ended``: the transport says what that ends).
-Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error frame
-and end the session, since the stream is out of step; a well-framed but wrong message (unknown
-type, other protocol version, bad fields) is answered and the session goes on.
+Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error
+message and end the session, since the stream is out of step; a well-framed but wrong message
+(unknown type, other protocol version, bad fields) is answered and the session goes on.
 
 Bounded whatever a client does: a payload's memory is reserved from the engine's budget
 (``jobs.PayloadBudget``) as its bytes arrive, never on the header's word, and kept until its
@@ -35,7 +35,7 @@ from .streams import log
 EXIT_PROTOCOL = 3
 #: Environment variable that lowers the payload limit (bytes), e.g. for tests.
 MAX_PAYLOAD_ENV = "NST_MAX_PAYLOAD"
-#: Longest message or hint an error frame carries (they may quote a client's input).
+#: Longest message or hint an error reply carries (they may quote a client's input).
 MAX_MESSAGE = 2000
 #: Unfinished jobs (queued or running) one session may have; a plug-in has one at a time.
 MAX_CLIENT_JOBS = 4
@@ -48,7 +48,7 @@ def bounded(text: str) -> str:
 
 
 class Session:
-    """One client's conversation: its frames in, its replies out, its jobs on the shared queue.
+    """One client's conversation: its messages in, its replies out, its jobs on the shared queue.
 
     A transport makes one per client (``stdio.StdioSession``, ``listen.SocketSession``) and
     says what the client's end means (``_ended``): the process's end on stdin, only the
@@ -73,7 +73,7 @@ class Session:
     def send(self, header: dict[str, Any], *parts: bytes) -> bool:
         try:
             with self.lock:
-                wire.write_frame(self.out, header, *parts)
+                wire.write_message(self.out, header, *parts)
             return True
         except wire.EncodeError as e:  # a bug in this reply, not a gone client: say so
             log(f"a {header.get('type')!r} reply could not be sent: {e}")
@@ -91,7 +91,7 @@ class Session:
             return False
 
     def send_error(self, rid: Any, code: str, message: str, hint: str = "") -> bool:
-        # Messages may quote what a client sent: never let one outgrow a frame.
+        # Messages may quote what a client sent: never let one outgrow what the wire carries.
         return self.send({"type": Msg.ERROR, "id": rid, "code": code,
                           "message": bounded(message), "hint": bounded(hint)})
 
@@ -122,18 +122,18 @@ class Session:
     # -------------------------------------------------------------------- input
 
     def read_loop(self) -> None:
-        """Frames until the input ends; nothing a client sends may end this thread silently,
+        """Messages until the input ends; nothing a client sends may end this thread silently,
         or the engine would neither answer nor exit."""
         try:
-            self._read_frames()
+            self._read_messages()
         except BaseException as e:  # noqa: BLE001 - e.g. MemoryError while reading a payload
             log("reading the client's messages failed:\n" + traceback.format_exc())
             self.stop(EXIT_PROTOCOL, f"the reader failed ({type(e).__name__})")
 
-    def _read_frames(self) -> None:
+    def _read_messages(self) -> None:
         while not self.stopping.is_set():
             try:
-                frame = self._read_frame()
+                msg = self._read_message()
             except ProtocolError as e:
                 log(f"bad message from the client ({e.code}): {e.message}")
                 self.send_error(e.id, e.code, f"The engine received a message it cannot use: "
@@ -146,22 +146,22 @@ class Session:
             except OSError as e:
                 self.stop(0, f"reading stdin failed: {e}")
                 return
-            if frame is None:
+            if msg is None:
                 self.stop(0, "end of input (the plug-in exited)")
                 return
             try:
-                if not self._handle(frame):
+                if not self._handle(msg):
                     return
             except Exception as e:  # noqa: BLE001 - answered; the stream is still in step
                 log("handling a message failed:\n" + traceback.format_exc())
-                rid = frame.header.get("id")
+                rid = msg.header.get("id")
                 self.send_error(rid if wire.is_valid_id(rid) else None, Code.INTERNAL,
-                                f"The engine failed on a {frame.type} message "
+                                f"The engine failed on a {msg.type} message "
                                 f"({type(e).__name__}).",
                                 "This is a bug; the details are in the engine log.")
 
-    def _read_frame(self) -> wire.Frame | None:
-        """``wire.read_frame`` for the engine's side: the payload is read into memory reserved
+    def _read_message(self) -> wire.Message | None:
+        """``wire.read_message`` for the engine's side: the payload is read into memory reserved
         from the budget chunk by chunk as it arrives; over the budget it is skipped and the
         request answered ``busy`` (non-fatal ProtocolError)."""
         prefix = self._read_exact(wire.PREFIX.size, at_start=True)
@@ -175,7 +175,7 @@ class Session:
             self._skip(plen)
             raise
         if not plen:
-            return wire.Frame(header, b"")
+            return wire.Message(header, b"")
         payload = self._read_payload(plen)
         if payload is None:
             rid = header.get("id")
@@ -183,7 +183,7 @@ class Session:
                 Code.BUSY, f"{header['type']}: the engine already holds as much image data as "
                 f"it may ({self.budget.total >> 20} MiB in all); this request's {plen} bytes "
                 "were not kept", fatal=False, id=rid if wire.is_valid_id(rid) else None)
-        return wire.Frame(header, payload)
+        return wire.Message(header, payload)
 
     def _read_exact(self, n: int, *, at_start: bool = False) -> bytes | None:
         buf = bytearray(n)  # n is a prefix or a header: bounded by wire.MAX_HEADER
@@ -194,8 +194,8 @@ class Session:
             if not k:
                 if at_start and got == 0:
                     return None
-                raise ProtocolError(Code.BAD_FRAME, f"truncated frame: end of stream after "
-                                    f"{got} of {n} bytes", fatal=True)
+                raise ProtocolError(Code.BAD_FRAME, f"truncated message: end of stream "
+                                    f"after {got} of {n} bytes", fatal=True)
             got += k
         return bytes(buf)
 
@@ -221,8 +221,8 @@ class Session:
                 raise
             if not k:
                 self.budget.release(len(buf) + want)
-                raise ProtocolError(Code.BAD_FRAME, f"truncated frame: end of stream after "
-                                    f"{len(buf)} of {n} payload bytes", fatal=True)
+                raise ProtocolError(Code.BAD_FRAME, f"truncated message: end of stream "
+                                    f"after {len(buf)} of {n} payload bytes", fatal=True)
             buf += scratch[:k]
             self.budget.release(want - k)
         return buf
@@ -232,15 +232,15 @@ class Session:
         while n > 0:
             k = self.inp.readinto(scratch[:min(n, _CHUNK)])
             if not k:
-                raise ProtocolError(Code.BAD_FRAME, "truncated frame: end of stream in a "
-                                    "payload", fatal=True)
+                raise ProtocolError(Code.BAD_FRAME, "truncated message: end of stream in "
+                                    "a payload", fatal=True)
             n -= k
 
-    def _handle(self, frame: wire.Frame) -> bool:
+    def _handle(self, msg: wire.Message) -> bool:
         """Act on one checked message (``wire.check_request`` made its id hashable);
         False when this session ends."""
-        rid = frame.header.get("id")
-        if frame.type == Msg.STYLIZE:
+        rid = msg.header.get("id")
+        if msg.type == Msg.STYLIZE:
             ev = threading.Event()
             with self.lock:
                 taken = rid in self.cancels
@@ -248,42 +248,42 @@ class Session:
                 if not (taken or full):
                     self.cancels[rid] = ev
             if taken:
-                self.budget.release(len(frame.payload))
+                self.budget.release(len(msg.payload))
                 self.send_error(None, Code.BAD_REQUEST, f"stylize: the id {wire.excerpt(rid)} "
                                 "belongs to a job that has not finished.",
                                 "Give every request its own id.")
             elif full:
-                self.budget.release(len(frame.payload))
+                self.budget.release(len(msg.payload))
                 self.send_error(rid, Code.BUSY, f"stylize: this client already has "
                                 f"{MAX_CLIENT_JOBS} unfinished jobs.",
                                 "Wait for a job's result before sending more.")
-            elif not self.jobs.submit(self, frame, ev):
+            elif not self.jobs.submit(self, msg, ev):
                 with self.lock:
                     self.cancels.pop(rid, None)
-                self.budget.release(len(frame.payload))
+                self.budget.release(len(msg.payload))
                 self.send_error(rid, Code.BUSY, "The engine's queue is full (other clients' "
                                 "jobs are waiting).", "Try again when a job has finished.")
-        elif frame.type == Msg.CANCEL:
+        elif msg.type == Msg.CANCEL:
             with self.lock:
                 targets = list(self.cancels.values()) if rid is None else \
                     [self.cancels[rid]] if rid in self.cancels else []
             for ev in targets:
                 ev.set()
-        elif frame.type == Msg.SHUTDOWN:
+        elif msg.type == Msg.SHUTDOWN:
             self.stop(0, "shutdown requested")
             return False
         return True
 
     # -------------------------------------------------------------------- jobs
 
-    def run_job(self, frame: wire.Frame, cancel: threading.Event) -> None:
-        h = frame.header
+    def run_job(self, request: wire.Message, cancel: threading.Event) -> None:
+        h = request.header
         rid = h.get("id")
         started = time.monotonic()
         try:
             if cancel.is_set():
                 raise Cancelled("Style transfer cancelled.", "")
-            result = self._stylize(h, frame.payload, cancel)
+            result = self._stylize(h, request.payload, cancel)
             self.send({"type": Msg.RESULT, "id": rid, "width": result.width,
                        "height": result.height, "notices": self.notices},
                       result.tobytes())
@@ -304,7 +304,7 @@ class Session:
         finally:
             with self.lock:
                 self.cancels.pop(rid, None)
-            self.budget.release(len(frame.payload))
+            self.budget.release(len(request.payload))
 
     def _stylize(self, h: dict[str, Any], payload: bytes, cancel: threading.Event):
         from PIL import Image  # the first job pays for these, not the hello

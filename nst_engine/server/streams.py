@@ -2,7 +2,7 @@
 
 The protocol may own the real stdout (``serve``): before torch, or anything that might print,
 is imported, fd 1 is moved to a private descriptor and fd 1 becomes a copy of stderr, so even a
-C library's ``printf`` lands in the log instead of corrupting a frame. stdin is likewise moved
+C library's ``printf`` lands in the log instead of corrupting a message. stdin is likewise moved
 aside and replaced by the null device. The warm engine (``serve --listen``) has no protocol on
 its standard streams: they all go to the log file or the null device.
 """
@@ -81,7 +81,7 @@ def exit_now(code: int) -> None:
 
     With torch loaded and a reader thread blocked on its input, finalisation was seen to hang
     for seconds, and the plug-in waits for this process to be gone. Nothing is left to save:
-    frames and log lines are written unbuffered."""
+    messages and log lines are written unbuffered."""
     try:
         sys.stderr.flush()
     finally:
