@@ -1,9 +1,13 @@
-"""The one queue every session's jobs go through: one job at a time, in arrival order; and the
-payload memory budget all sessions reserve from."""
+"""The one queue every session's jobs go through: *when* each job runs (one at a time, in arrival
+order, on the thread that calls ``Jobs.work``); *what* a job does is its session's
+(``Session.run_job``: the preset resolved, ``transfer.pipeline.stylize`` called, the reply
+sent). Also the payload memory budget all sessions reserve from, and handing the GPU's cached
+memory back after each job."""
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -11,7 +15,6 @@ from typing import Any, Protocol
 
 from ..bridge import wire
 from ..bridge.wire import Msg
-from .engine import release_cached_memory
 from .streams import log
 
 #: The progress stage of a job queued behind another client's (the plug-in shows it in words).
@@ -48,7 +51,8 @@ class PayloadBudget:
 
 
 class Client(Protocol):
-    """Whose job it is (a ``session.Session``): where its replies go and how it runs."""
+    """Whose job it is (a ``session.Session``): where its replies go, and ``run_job``, which does
+    the work of one of its requests."""
 
     def send(self, header: dict[str, Any], *parts: bytes) -> bool: ...
 
@@ -56,7 +60,8 @@ class Client(Protocol):
 
 
 class Jobs:
-    """The one queue every session's jobs go through: one job at a time, in arrival order.
+    """The one queue every session's jobs go through: one job at a time, in arrival order;
+    ``work`` hands each to its session's ``run_job``.
 
     A job queued behind another gets a ``waiting`` progress message; one cancelled while it waits
     is answered at once (``cancelled``) instead of when its turn comes."""
@@ -101,8 +106,9 @@ class Jobs:
             self._cond.notify_all()
 
     def work(self, stopping: threading.Event, idle_exit: float | None = None) -> None:
-        """Run jobs until ``stopping`` is set or, with ``idle_exit``, nothing happened for that
-        many seconds (``self.idle_exit`` when set wins)."""
+        """Hand jobs to their sessions' ``run_job``, one at a time on this thread, until
+        ``stopping`` is set or, with ``idle_exit``, nothing happened for that many seconds
+        (``self.idle_exit`` when set wins)."""
         if idle_exit is not None and self.idle_exit is None:
             self.idle_exit = idle_exit
         threading.Thread(target=self._answer_cancelled, args=(stopping,), daemon=True,
@@ -138,3 +144,20 @@ class Jobs:
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+
+def release_cached_memory() -> None:
+    """After each job, and when a session drops an animation's kept frames: the allocator's
+    cached blocks go back to the GPU (a warm engine keeps only the model there between jobs).
+    Torch is not imported for this: without it nothing was cached."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        mps = getattr(torch, "mps", None)
+        if mps is not None and torch.backends.mps.is_available():
+            mps.empty_cache()
+    except Exception as e:  # noqa: BLE001 - never fail a finished job over this
+        log(f"releasing cached GPU memory failed: {e}")

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..bridge import warm, wire
 from ..bridge.wire import Code, Msg
-from .engine import Ready, load_engine
+from .startup import Ready, load_model
 from .jobs import Jobs
 from .session import Session
 from .streams import exit_now, follow_log, log, open_log
@@ -297,7 +297,7 @@ def run(args: Any) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _stack: listener.stop_or_drain(f"signal {signum}"))
     signal.signal(signal.SIGINT, lambda signum, _stack: listener.exit(f"signal {signum}"))
-    ready = load_engine(args)
+    ready = load_model(args)
     if ready.error is not None:
         listener.exit(f"cannot start: {ready.error[1]}", 1)
     try:

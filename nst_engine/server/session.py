@@ -1,8 +1,11 @@
 """One client's session with the engine: messages in, replies out (``bridge/wire.py``).
 
-A reader thread takes the client's messages: jobs go to the shared queue (``jobs.Jobs``), which
-a transport's main thread works through; ``cancel`` sets the named job's event; ``shutdown`` or
-the end of the input ends the session (``Session._ended``: the transport says what that ends).
+A reader thread takes the client's messages: a ``stylize`` is queued as a job on the shared
+queue (``jobs.Jobs``), which decides when it runs; ``cancel`` sets the named job's event;
+``shutdown`` or the end of the input ends the session (``Session._ended``: the transport says
+what that ends). When a job's turn comes, the queue's thread calls this session's ``run_job``,
+which does the work: the preset resolved, ``transfer.pipeline.stylize``, the result or error
+sent back.
 Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error
 message and end the session, since the stream is out of step; a well-framed but wrong message
 (unknown type, other protocol version, bad fields) is answered and the session goes on.
@@ -26,9 +29,9 @@ from ..bridge import wire
 from ..bridge.wire import Code, Msg, ProtocolError
 from .. import presets
 from ..errors import Cancelled, EngineError, OutOfMemory
-from .engine import Ready
 from .jobs import Jobs, PayloadBudget
 from .progress import ProgressThrottle
+from .startup import Ready
 from .streams import log
 
 #: Exit status after a framing error on stdin.
@@ -48,7 +51,8 @@ def bounded(text: str) -> str:
 
 
 class Session:
-    """One client's conversation: its messages in, its replies out, its jobs on the shared queue.
+    """One client's conversation: its messages in, its replies out, its jobs on the shared queue
+    (run, when their turn comes, by ``run_job``).
 
     A transport makes one per client (``stdio.StdioSession``, ``listen.SocketSession``) and
     says what the client's end means (``_ended``): the process's end on stdin, only the
@@ -277,6 +281,9 @@ class Session:
     # -------------------------------------------------------------------- jobs
 
     def run_job(self, request: wire.Message, cancel: threading.Event) -> None:
+        """Do one ``stylize`` and send its result or error; called on the queue's thread
+        (``jobs.Jobs.work``) when the job's turn comes (at once, without running it, when it was
+        cancelled while it waited)."""
         h = request.header
         rid = h.get("id")
         started = time.monotonic()

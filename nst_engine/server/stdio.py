@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from .engine import load_engine
+from .startup import load_model
 from .jobs import Jobs
 from .session import Session
 from .streams import claim_stdio, exit_now, log
@@ -37,8 +37,9 @@ class StdioSession(Session):
         exit_now(self.exit_code)
 
     def serve(self) -> int:
-        """Load the engine, say hello, then run jobs on this thread until the client ends."""
-        if not self.hello(load_engine(self.args)):
+        """Load torch and the model, say hello, then work through the jobs on this thread
+        until the client ends."""
+        if not self.hello(load_model(self.args)):
             return 1
         threading.Thread(target=self.read_loop, name="nst-serve-reader", daemon=True).start()
         self.jobs.work(self.stopping)

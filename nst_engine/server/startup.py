@@ -1,10 +1,11 @@
-"""Loading the engine once per process: torch, the device, the weights and the model; the
-``hello`` every session gets (or the start-up error in its place)."""
+"""The server's start-up, once per process: import torch, look at the device, load the weights
+and the model (kept loaded for the jobs: ``model.cache``); the ``hello`` every session gets, or
+the start-up error in its place. (The *engine* is the whole server process; this is only how it
+starts.)"""
 
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from typing import Any
 
@@ -17,14 +18,14 @@ from .streams import log
 
 
 class Ready:
-    """The loaded engine: the hello every session gets, or the start-up error."""
+    """What start-up gives every session: the hello to send, or the error in its place."""
 
     def __init__(self, header: dict[str, Any] | None = None, notices: list[str] | None = None,
                  error: tuple[str, str, str] | None = None) -> None:
         self.header, self.notices, self.error = header, notices or [], error
 
 
-def load_engine(args: Any) -> Ready:
+def load_model(args: Any) -> Ready:
     """Import torch, look at the device and weights, load the model; the hello to send."""
     try:
         import torch
@@ -65,18 +66,3 @@ def load_engine(args: Any) -> Ready:
                   "torch": torch.__version__, "weights": weights, "notices": notices,
                   "pid": os.getpid(), "warm": warm}, result_notices)
 
-
-def release_cached_memory() -> None:
-    """After each job: the allocator's cached blocks go back to the GPU (a warm engine keeps
-    only the model there between jobs)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    try:
-        if torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
-        mps = getattr(torch, "mps", None)
-        if mps is not None and torch.backends.mps.is_available():
-            mps.empty_cache()
-    except Exception as e:  # noqa: BLE001 - never fail a finished job over this
-        log(f"releasing cached GPU memory failed: {e}")
