@@ -14,7 +14,7 @@ from .engine import (Engine, missing_modules, missing_packages_error, package_ve
                      python_version)
 from .errors import InstallError
 from .files import Manifest, engine_hash, manifest_path
-from .layout import BRIDGE_PKG, BRIDGE_SRC, CHECKOUT, PLUGIN_MODULES, PLUGIN_SRC
+from .layout import BRIDGE_PKG, BRIDGE_SRC, CHECKOUT, PLUGIN_DIR, PLUGIN_MODULES, PLUGIN_SRC
 from .log import say
 from .profiles import FLATPAK_APP, Profile, find_profiles, flatpak_paths, no_profile_error
 from .selfcheck import self_check
@@ -53,7 +53,10 @@ def check_plugin(profile: Profile, r: Report) -> None:
     linked = script.is_symlink()
     if script.resolve().read_bytes() != PLUGIN_SRC.read_bytes():
         return r.bad(part, f"{script} differs from this checkout's plug-in", fix)
-    copies = [(src, profile.plugin_dir / src.name) for src in PLUGIN_MODULES]
+    copies = [(src, profile.plugin_dir / src.relative_to(PLUGIN_DIR))
+              for module in PLUGIN_MODULES
+              for src in (sorted(f for f in module.rglob("*") if f.is_file())
+                          if module.is_dir() else [module])]
     copies += [(src, bridge / src.name) for src in sorted(BRIDGE_SRC.glob("*.py"))]
     for src, dst in copies:
         if not dst.is_file() or dst.read_bytes() != src.read_bytes():

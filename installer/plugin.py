@@ -1,5 +1,5 @@
-"""The plug-in in one GIMP profile: its script, the modules beside it and the nst_bridge copy of
-nst_engine/bridge, copied (or linked, for developers) only where they differ."""
+"""The plug-in in one GIMP profile: its script, the modules and locale folder beside it and the
+nst_bridge copy of nst_engine/bridge, copied (or linked, for developers) only where they differ."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def install_plugin(profile: Profile, manifest: Manifest, link: bool) -> str:
         changes = copy_file(PLUGIN_SRC, script, manifest, mode=0o755)
         changes += sync_tree(BRIDGE_SRC, bridge, manifest)
         for module in PLUGIN_MODULES:
-            changes += copy_file(module, dst / module.name, manifest)
+            copy = sync_tree if module.is_dir() else copy_file
+            changes += copy(module, dst / module.name, manifest)
     if not existed:
         return "installed" + (" (linked)" if link else "")
     return ("updated" if changes else "up to date") + (" (linked)" if link else "")

@@ -237,43 +237,6 @@ def test_preview_overrides_cap_the_schedule_and_keep_the_users_settings():
     assert small["max_size"] == 128 and small["iterations"] == 10
 
 
-def test_crop_rgba_takes_the_shown_region():
-    data = bytes(range(4 * 3 * 4))  # 4x3
-    assert nst_preview.crop_rgba(data, 4, (1, 1, 2, 2)) == (bytes(range(20, 28))
-                                                           + bytes(range(36, 44)))
-
-
-def test_blend_by_coverage_is_the_source_outside_the_selection_and_styled_inside():
-    # Four pixels, coverage 0 / 255 / 128 / 1: outside, inside, feathered edge, a faint edge.
-    source = bytes([10, 200, 30, 255] * 4)
-    styled = bytes([250, 0, 130, 255] * 4)
-    out = nst_preview.blend_by_coverage(source, styled, bytes([0, 255, 128, 1]))
-    px = [out[i:i + 4] for i in range(0, 16, 4)]
-    assert px[0] == source[:4] and px[1] == styled[:4]  # exactly: what the run's mask gives
-    # Half selected: half way between (to within one level), opaque stays opaque.
-    exact = [(s * 128 + x * 127) / 255 for s, x in zip(styled[:4], source[:4])]
-    assert all(abs(a - b) <= 1 for a, b in zip(px[2], exact)), (list(px[2]), exact)
-    assert 10 < px[2][0] < 250 and 0 < px[2][1] < 200 and px[2][3] == 255
-    assert all(abs(a - b) <= 1 for a, b in zip(px[3], source[:4]))
-
-
-def test_blend_by_coverage_follows_runs_across_rows_and_every_channel():
-    # Every byte value against every coverage value, in runs of each kind (0, 255, partial)
-    # of every length: the same as the formula byte by byte, alpha included.
-    w = 256
-    source = bytes((7 * i) % 256 for i in range(4 * w))
-    styled = bytes(range(256)) * 4
-    coverage = bytes([0] * 3 + [255] * 5 + list(range(1, 255, 7)) + [255] + [0] * 2
-                     + list(range(254, 0, -1)))[:w]
-    coverage += bytes(w - len(coverage))
-    out = nst_preview.blend_by_coverage(source, styled, coverage)
-    want = [(styled[i] * coverage[i // 4] + source[i] * (255 - coverage[i // 4])) / 255
-            for i in range(4 * w)]
-    assert all(abs(w_ - o) <= 1 for o, w_ in zip(out, want)), out
-    assert all(out[i] == (styled if coverage[i // 4] == 255 else source)[i]
-               for i in range(4 * w) if coverage[i // 4] in (0, 255))
-
-
 def test_dump_writes_pixels_then_description(tmp_path):
     nst_preview.dump_preview(str(tmp_path), 1, 1, b"abcd", {"preset": "balanced"})
     nst_preview.dump_preview(str(tmp_path), 2, 1, b"12345678", {"preset": "quick"})

@@ -1,5 +1,5 @@
 """Filters > Style Transfer (Animation)…: every frame of a GIMP animation styled, without
-flicker, into a new image. Imported by nst-style-transfer.py (install.py copies it beside).
+flicker, into a new image.
 
 GIMP's animation convention: the image's top-level layers are the frames, the bottom one
 first, each frame's delay and disposal in its name (``Frame 2 (80ms) (replace)``); a layer
@@ -12,157 +12,238 @@ source (so the tags stay and GIMP's playback and GIF/WebP export read them), in 
 A selection limits the region as it does for stills: the engine's result is cropped back to the
 bounding box, the new image keeps the source's canvas, and each frame's layer is the source
 frame with the styled bounding box laid over it through the selection (feathered edges kept),
-merged by GIMP into that one layer. The source image is only read. Standard library + gi +
-nst_bridge (+ nst_preview's ``crop_rgba``) only.
+merged by GIMP into that one layer. The source image is only read.
 """
 
-import time
 import uuid
 
-from gi.repository import Gegl, Gimp
+from gi.repository import Gegl, Gimp, GObject
+
+import nst_core
+import nst_dialog
+import nst_gimp
+from nst_arguments import READWRITE, add_number_argument, add_style_arguments, new_procedure
+from nst_core import N_, EngineFailure, UserError, _
 
 PROC_NAME = "plug-in-nst-style-transfer-animation"
-PIXEL_FORMAT = "R'G'B'A u8"
-#: The selection's and a layer mask's pixels: linear coverage, 0..255.
-MASK_FORMAT = "Y u8"
-#: Progress bar updates per second at most.
-PROGRESS_RATE = 8.0
+#: Menu label, blurb, help.
+TEXTS = (N_("Style Transfer (_Animation)…"),
+         N_("Style every frame of an animation, without flicker, into a new image"),
+         N_("The image's top-level layers are the frames (bottom first; a layer group is one "
+            "frame; the style layer, if it is in this image, is not a frame). Each frame is "
+            "repainted in the style of the style layer, tied to the frames before it by the "
+            "optical flow so the style does not flicker, and the result is a NEW image with "
+            "one layer per frame in the same order, named as its source (delays and "
+            "(combine)/(replace) kept). With a selection only the selected part of each frame "
+            "is repainted, feathered edges kept. The source image is not changed."))
 
 
-class AnimationError(Exception):
-    """A problem the user can fix, or a failure with the frames done kept; the message says."""
+def create_procedure(plugin, name):
+    """The animation procedure: the still's arguments, then ``loop`` and ``temporal-weight``,
+    and the new image as its return value."""
+    proc = new_procedure(plugin, name, run_animation, TEXTS,
+                         Gimp.ProcedureSensitivityMask.DRAWABLE
+                         | Gimp.ProcedureSensitivityMask.DRAWABLES
+                         | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
+    add_style_arguments(proc)
+    proc.add_boolean_argument("loop", _("_Loop"),
+                              _("The animation loops: lead the frames back to the first, so "
+                                "the last flows into it without a jump (off for a clip that "
+                                "does not loop)"), True, READWRITE)
+    add_number_argument(proc, "temporal-weight", _("Frame _coherence (-1 = preset's, 0 = off)"),
+                        _("How strongly each frame keeps the earlier frames' strokes where "
+                          "the picture moves with them; 0 = every frame on its own "
+                          "(flickers); -1 = the preset's temporal_weight"))
+    proc.add_image_return_value("new-image", _("New image"), _("The styled animation"), True,
+                                READWRITE)
+    return proc
 
+
+def run_animation(procedure, run_mode, image, drawables, config, data):
+    """GIMP's entry point for the animation: frames in, a new image out. Never raises
+    (``nst_gimp.guarded``)."""
+    def body(state):
+        interactive = run_mode == Gimp.RunMode.INTERACTIVE
+        if interactive:
+            _suggest_style_layer(image, config)
+            ok, state.preview_client = nst_dialog.run_dialog(
+                procedure, config, _("Style Transfer (Animation)"), preview_source(image))
+            if not ok:
+                return nst_gimp.cancelled(procedure)
+        _client_mod, cfg, state.log_dir = nst_gimp.installed()
+        nst_gimp.check_style(config)
+        request = nst_gimp.Request.of(config, cfg)
+        new, notices = stylize_frames(image, config, cfg, request, show=interactive,
+                                      preview_client=state.preview_client)
+        nst_gimp.show_notices(notices)
+        values = nst_gimp.success(procedure)
+        values.remove(1)
+        values.insert(1, GObject.Value(Gimp.Image, new))
+        return values
+    return nst_gimp.guarded(procedure, body)
+
+
+def _suggest_style_layer(image, config):
+    """Pre-select the top layer of another open image when no style layer is remembered. An
+    animation's own layers are its frames, so its style usually lives in another image (a
+    layer of this one chosen as the style stops being a frame)."""
+    current = config.get_property("style-layer")
+    if current is not None and current.is_valid():
+        return
+    for other in Gimp.get_images():
+        layers = other.get_layers() if other.get_id() != image.get_id() else []
+        if layers:
+            config.set_property("style-layer", layers[0])
+            return
+
+
+# ---------------------------------------------------------------------------- reading
 
 def frames_of(image, config):
     """The frames in playing order: top-level layers bottom first, style layers left out."""
     styles = {s.get_id() for s in (config.get_property("style-layer"),
                                    config.get_property("style-layer-2"))
               if s is not None and s.is_valid()}
-    return [l for l in reversed(image.get_layers()) if l.get_id() not in styles]
+    return [f for f in reversed(image.get_layers()) if f.get_id() not in styles]
 
 
-def region_of(image):
-    """(x, y, w, h) in image coordinates: the selection's bounding box, or the canvas."""
-    w, h = image.get_width(), image.get_height()
-    if Gimp.Selection.is_empty(image):
-        return (0, 0, w, h)
-    _, _, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
-    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
-    if x2 <= x1 or y2 <= y1:
-        raise AnimationError("The selection lies outside the canvas. Select part of the "
-                             "canvas, or Select > None for whole frames.")
-    return (x1, y1, x2 - x1, y2 - y1)
+def _canvas_region(image):
+    """(region, crop) in image coordinates, the same for every frame
+    (``nst_core.canvas_region``)."""
+    bounds = None
+    if not Gimp.Selection.is_empty(image):
+        bounds = Gimp.Selection.bounds(image)[2:]  # (ok, non_empty, x1, y1, x2, y2)
+    return nst_core.canvas_region(bounds, (image.get_width(), image.get_height()))
 
 
-def regions_of(image, widen):
-    """(region, crop) in image coordinates: what is styled (``region_of``) and what the engine
-    is sent. Without a selection both are the canvas; with one, ``crop`` is the region grown by
-    ``widen(region, canvas_w, canvas_h)`` (the still's context margin, clipped to the canvas;
-    passed in by nst-style-transfer.py, where the margin is defined)."""
-    region = region_of(image)
-    if Gimp.Selection.is_empty(image):
-        return region, region
-    return region, widen(region, image.get_width(), image.get_height())
+def _read_frame(frame, rect):
+    """The frame's pixels over ``rect`` (image coordinates); transparent where the layer does
+    not reach."""
+    _ok, ox, oy = frame.get_offsets()
+    return nst_gimp.read_pixels(frame, nst_core.in_layer(rect, (ox, oy)), 1.0,
+                                Gegl.AbyssPolicy.NONE)
 
 
-def crop_back(data, crop, region):
-    """``region``'s pixels out of the engine's result ``data`` (RGBA over ``crop``; both image
-    coordinates)."""
-    from nst_preview import crop_rgba
+def _frames_checked(image, config):
+    """The frames, or UserError when there are too few or too many for one run."""
+    from nst_bridge.wire import MAX_ANIMATION_FRAMES
 
-    x, y, w, h = region
-    return crop_rgba(data, crop[2], (x - crop[0], y - crop[1], w, h))
-
-
-def read_frame(layer, region):
-    """The frame's pixels over ``region`` (image coordinates); transparent where the layer
-    does not reach."""
-    x, y, w, h = region
-    _, ox, oy = layer.get_offsets()
-    buf = layer.get_buffer()
-    return bytes(buf.get(Gegl.Rectangle.new(x - ox, y - oy, w, h), 1.0, PIXEL_FORMAT,
-                         Gegl.AbyssPolicy.NONE))
+    frames = frames_of(image, config)
+    if len(frames) < 2:
+        raise UserError(_("This image has {count} frame(s); an animation needs at least 2. "
+                          "Frames are the image's top-level layers (a layer group is one "
+                          "frame; the style layer is not a frame). For a single layer use "
+                          "Filters > Style Transfer….").format(count=len(frames)))
+    if len(frames) > MAX_ANIMATION_FRAMES:
+        raise UserError(_("This image has {count} frames; one run styles at most {most}. "
+                          "Split the animation into parts.")
+                        .format(count=len(frames), most=MAX_ANIMATION_FRAMES))
+    return frames
 
 
-def selection_mask(image, region, scale=1.0):
-    """The selection's coverage over ``region`` (image coordinates), one byte a pixel (0 =
-    outside, 255 = inside, feathered edges between), or None when nothing is selected.
-    ``scale`` < 1: ``region`` is in the image scaled by it, read scaled down by GEGL (the
-    dialog's preview)."""
-    if Gimp.Selection.is_empty(image):
-        return None
-    x, y, w, h = region
-    buf = image.get_selection().get_buffer()
-    # Linear "Y u8": GIMP's masks hold linear coverage, so it goes into the new image's layer
-    # mask byte for byte.
-    return bytes(buf.get(Gegl.Rectangle.new(x, y, w, h), scale, MASK_FORMAT,
-                         Gegl.AbyssPolicy.NONE))
+def preview_source(image):
+    """The dialog preview's source (nst_dialog): the first frame over what the run reads (the
+    canvas, or the selection's bounding box plus context margin), the bounding box shown. The
+    frames are looked up for each preview: choosing a style layer of this image changes which
+    they are."""
+    def source(config, longest):
+        nst_gimp.check_style(config)
+        frames = frames_of(image, config)
+        if not frames:
+            raise UserError(_("This image has no frame left to preview: its top-level layers "
+                              "are the frames, and the style layer is not one. Choose a style "
+                              "layer in another image."))
+        first = frames[0]
+        region, crop = _canvas_region(image)                    # image coordinates
+        _ok, *offsets = first.get_offsets()
+        content, show, coverage = nst_dialog.preview_content(
+            first, nst_core.in_layer(crop, offsets), nst_core.in_layer(region, offsets),
+            longest, Gegl.AbyssPolicy.NONE)
+        return nst_dialog.PreviewContent(content, show, coverage,
+                                         {"layer": first.get_id(), "crop": list(crop)},
+                                         _("the first frame, “{name}”")
+                                         .format(name=first.get_name()))
+    return source
 
 
-class FrameProgress:
-    """GIMP's progress bar: "Frame n of N", the engine's stage and the time left (this frame's
-    ETA plus the mean time of the later frames so far for each one still to come)."""
+# ---------------------------------------------------------------------------- the engine
 
-    STAGES = {"loading": "loading the model", "preparing": "preparing",
-              "optimizing": "stylizing", "done": "finishing",
-              "waiting": "waiting for another Style Transfer job"}
+def stylize_frames(image, config, cfg, request, *, show, preview_client=None):
+    """Style every frame into a new image; returns (the new image, the engine's notices).
+    UserError before any work when the frames do not fit; after some frames are done, a
+    failure leaves them in the new image and its message says so. ``show``: display the new
+    image at once (interactive runs); ``preview_client``: the dialog's started engine client,
+    used first."""
+    from nst_bridge.wire import RGBAImage
 
-    def __init__(self, count):
-        self.count, self.index, self.last = count, 0, 0.0
-        self.started = None
-        self.later = []  # seconds each frame after the first took
+    frames = _frames_checked(image, config)
+    region, crop = _canvas_region(image)
+    coverage = nst_gimp.selection_coverage(image, region)
+    loop = bool(config.get_property("loop"))
+    names = [f.get_name() for f in frames]
+    # Every pixel read before any work (the region plus margin); with a selection also the
+    # whole frames, which the styled region is laid over.
+    pixels = [_read_frame(f, crop) for f in frames]
+    canvas = (0, 0, image.get_width(), image.get_height())
+    wholes = [_read_frame(f, canvas) if coverage is not None else None for f in frames]
+    bar = nst_gimp.progress_bar(len(frames), "frame")
+    result = Result(image, region, show, coverage)
 
-    def frame(self, index):
-        now = time.monotonic()
-        if self.started is not None and self.index > 1:
-            self.later.append(now - self.started)
-        self.index, self.started = index, now
-        Gimp.progress_set_text(f"Frame {index} of {self.count}: sending")
-        Gimp.progress_update((index - 1) / self.count)
+    def stylize_the_rest(client):
+        # A fresh engine after a dead warm one knows nothing of the clip: the frames not yet
+        # done start a new one (coherent among themselves, not with the frames before).
+        first = len(result.layers)
+        clip, count = uuid.uuid4().hex, len(frames) - first
+        for k in range(first, len(frames)):
+            bar.start(k + 1)
+            animation = None  # one frame left on a fresh engine: a still
+            if count > 1:
+                animation = {"clip": clip, "frame": k - first + 1, "frames": count,
+                             "loop": loop and first == 0}
+            out = request.stylize(client, RGBAImage(crop[2], crop[3], pixels[k]), bar,
+                                  animation)
+            styled = out.data if crop == region else nst_core.crop_back(out.data, crop,
+                                                                         region)
+            result.add(names[k], styled, wholes[k])
 
-    def __call__(self, p):
-        now = time.monotonic()
-        total, it = p.get("total") or 0, p.get("iteration") or 0
-        if now - self.last < 1.0 / PROGRESS_RATE and it < total:
-            return
-        self.last = now
-        text = f"Frame {self.index} of {self.count}: " + self.STAGES.get(p.get("stage"), "")
-        eta = p.get("eta")
-        if eta is not None:
-            left = self.count - self.index
-            per = (sum(self.later) / len(self.later)) if self.later else None
-            if per is not None or left == 0:
-                eta += (per or 0.0) * left
-                text += f", {_duration(eta)} left"
-            else:
-                text += f", {_duration(eta)} left for this frame"
-        Gimp.progress_set_text(text)
-        frac = it / total if total else 0.0
-        Gimp.progress_update((self.index - 1 + min(1.0, frac)) / self.count)
+    try:
+        _done, notices = nst_gimp.on_engine(cfg, stylize_the_rest, client=preview_client)
+    except BaseException as e:
+        done = len(result.layers)
+        if not done:
+            result.drop()
+            raise
+        result.finish()
+        if isinstance(e, EngineFailure):
+            raise UserError(_("Frame {failed} of {count} failed: {error}\nThe {done} frame(s) "
+                              "done are in the new image.")
+                            .format(failed=done + 1, count=len(frames), error=e, done=done)) \
+                from None
+        raise
+    result.finish()
+    Gimp.progress_update(1.0)
+    return result.image, notices
 
 
-def _duration(seconds):
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
+# ---------------------------------------------------------------------------- the result
 
 class Result:
     """The new image, made before the first frame is styled and filled frame by frame, so a
     run that fails or is cancelled half-way keeps the frames done.
 
-    ``mask``: the selection's coverage over ``region`` (``selection_mask``), or None. Without
-    one the image is the region's size and a frame's layer is its styled pixels; with one the
-    image is the source's canvas and a frame's layer is the source frame with the styled region
-    laid over it through the selection."""
+    ``coverage``: the selection's over ``region`` (``nst_gimp.selection_coverage``), or None.
+    Without one the image is the region's size and a frame's layer is its styled pixels; with
+    one the image is the source's canvas and a frame's layer is the source frame with the
+    styled region laid over it through the selection."""
 
-    def __init__(self, source, region, show, mask=None):
-        self.region, self.mask = region, mask
-        w, h = ((source.get_width(), source.get_height()) if mask is not None
+    def __init__(self, source, region, show, coverage=None):
+        self.region, self.coverage = region, coverage
+        w, h = ((source.get_width(), source.get_height()) if coverage is not None
                 else region[2:])
         gray = source.get_base_type() == Gimp.ImageBaseType.GRAY
         self.image = Gimp.Image.new(w, h, Gimp.ImageBaseType.GRAY if gray
                                     else Gimp.ImageBaseType.RGB)
-        self.type = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+        self.type = nst_gimp.layer_type(source)
         self.image.undo_disable()  # built here, not edited: no undo steps to keep
         ok, xres, yres = source.get_resolution()
         if ok:
@@ -174,8 +255,8 @@ class Result:
     def add(self, name, styled, whole=None):
         """A frame's layer on top of the earlier ones (playing order), named ``name``.
         ``styled``: the region's styled pixels; ``whole``: the source frame over the canvas
-        (needed with a mask)."""
-        if self.mask is None:
+        (needed with a coverage)."""
+        if self.coverage is None:
             layer = self._new_layer(name, (0, 0, self.w, self.h), styled)
         else:
             layer = self._composite(name, styled, whole)
@@ -188,7 +269,7 @@ class Result:
         layer = Gimp.Layer.new(self.image, name, w, h, self.type, 100.0, Gimp.LayerMode.NORMAL)
         self.image.insert_layer(layer, None, 0)
         layer.set_offsets(x, y)
-        _write(layer, (0, 0, w, h), PIXEL_FORMAT, pixels)
+        nst_gimp.write_pixels(layer, (0, 0, w, h), nst_gimp.PIXEL_FORMAT, pixels)
         return layer
 
     def _composite(self, name, styled, whole):
@@ -199,10 +280,11 @@ class Result:
         above = self._new_layer("styled region", self.region, styled)
         mask = above.create_mask(Gimp.AddMaskType.WHITE)
         above.add_mask(mask)
-        _write(mask, (0, 0, self.region[2], self.region[3]), MASK_FORMAT, self.mask)
+        nst_gimp.write_pixels(mask, (0, 0, self.region[2], self.region[3]),
+                              nst_gimp.MASK_FORMAT, self.coverage)
         merged = self.image.merge_down(above, Gimp.MergeType.CLIP_TO_BOTTOM_LAYER)
         if merged is None:
-            raise AnimationError("GIMP could not merge a styled frame with its source frame.")
+            raise UserError(_("GIMP could not merge a styled frame with its source frame."))
         if merged.get_name() != name:  # GIMP names it after the lower layer; made sure
             merged.set_name(name)
         return merged
@@ -217,92 +299,3 @@ class Result:
             self.display.delete()
         else:
             self.image.delete()
-
-
-def _write(drawable, rect, fmt, data):
-    """``data`` (``fmt``) into ``rect`` of the drawable's own coordinates, shown at once."""
-    x, y, w, h = rect
-    buf = drawable.get_buffer()
-    buf.set(Gegl.Rectangle.new(x, y, w, h), fmt, data)
-    buf.flush()
-    drawable.update(x, y, w, h)
-
-
-def run(client_mod, cfg, image, config, *, styles, preset, overrides, device, show, widen,
-        engine=None):
-    """Style every frame; returns (new image, notices). Raises AnimationError (the message
-    says which frames were kept) and nst_bridge's EngineFailed before any frame is done.
-    ``widen``: the still's context margin (``regions_of``). ``engine``: a started client to
-    use first (the dialog preview's); closed here like one started here."""
-    from nst_bridge.retry import FreshRetry
-    from nst_bridge.wire import MAX_ANIMATION_FRAMES, RGBAImage
-
-    frames = frames_of(image, config)
-    if len(frames) < 2:
-        raise AnimationError(
-            f"This image has {len(frames)} frame(s); an animation needs at least 2. Frames are "
-            "the image's top-level layers (a layer group is one frame; the style layer is not "
-            "a frame). For a single layer use Filters > Style Transfer….")
-    if len(frames) > MAX_ANIMATION_FRAMES:
-        raise AnimationError(f"This image has {len(frames)} frames; one run styles at most "
-                             f"{MAX_ANIMATION_FRAMES}. Split the animation into parts.")
-    region, crop = regions_of(image, widen)
-    mask = selection_mask(image, region)
-    loop = bool(config.get_property("loop"))
-    names = [f.get_name() for f in frames]
-    # Every pixel read before any work (the region plus margin); with a selection also the
-    # whole frames, which the styled region is laid over.
-    pixels = [read_frame(f, crop) for f in frames]
-    canvas = (0, 0, image.get_width(), image.get_height())
-    wholes = [read_frame(f, canvas) if mask is not None else None for f in frames]
-    w, h = crop[2], crop[3]
-    bar = FrameProgress(len(frames))
-    Gimp.progress_init("Style Transfer: starting the engine")
-    result = Result(image, region, show, mask)
-    retrying = FreshRetry(lambda fresh: client_mod.EngineClient.from_config(cfg, fresh=fresh),
-                          engine)
-
-    def stylize_the_rest(client):
-        # A fresh engine after a dead warm one knows nothing of the clip: the frames not yet
-        # done start a new one (coherent among themselves, not with the frames before).
-        first = len(result.layers)
-        cid, n = uuid.uuid4().hex, len(frames) - first
-        for k in range(first, len(frames)):
-            bar.frame(k + 1)
-            anim = {"clip": cid, "frame": k - first + 1, "frames": max(2, n),
-                    "loop": loop and first == 0}
-            if n == 1:  # one frame left on a fresh engine: a still
-                anim = None
-            out = client.stylize(RGBAImage(w, h, pixels[k]), styles, preset=preset,
-                                 overrides=overrides, device=device, on_progress=bar,
-                                 animation=anim)
-            if (out.width, out.height) != (w, h):
-                raise AnimationError(f"The engine returned {out.width}×{out.height} px for a "
-                                     f"{w}×{h} px frame. Update Style Transfer "
-                                     "(`python install.py`).")
-            styled = out.data if crop == region else crop_back(out.data, crop, region)
-            result.add(names[k], styled, wholes[k])
-
-    try:
-        retrying.run(stylize_the_rest)
-        notices = list(dict.fromkeys(retrying.client.last_notices))
-    except client_mod.EngineFailed as e:
-        done = len(result.layers)
-        if not done:
-            result.drop()
-            raise
-        result.finish()
-        raise AnimationError(
-            f"Frame {done + 1} of {len(frames)} failed: {e.user_text()}\nThe {done} frame(s) "
-            "done are in the new image.") from None
-    except BaseException:
-        if result.layers:
-            result.finish()
-        else:
-            result.drop()
-        raise
-    finally:
-        retrying.close()
-    result.finish()
-    Gimp.progress_update(1.0)
-    return result.image, notices

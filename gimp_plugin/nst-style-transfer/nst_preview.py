@@ -19,10 +19,10 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
-import sys
 import threading
 import time
+
+from nst_core import STAGES, _, blend_by_coverage, crop_rgba
 
 #: Longest side, px, of the preview's optimisation: also the size it is shown at.
 PREVIEW_SIZE = 256
@@ -73,52 +73,6 @@ def repeat_2x2(data, width, height):
     preview of a seamless result, so the user sees where its edges meet."""
     rows = [data[j * width * 4:(j + 1) * width * 4] * 2 for j in range(height)]
     return b"".join(rows) * 2
-
-
-def crop_rgba(data, width, rect):
-    """The ``rect`` (x, y, w, h) part of a ``width``-px-wide RGBA buffer, as bytes."""
-    x, y, w, h = rect
-    rows = [data[((y + j) * width + x) * 4:((y + j) * width + x + w) * 4] for j in range(h)]
-    return b"".join(rows)
-
-
-#: v * c // 255 at [v << 8 | c]: a byte scaled by a coverage, looked up in C (map) rather than
-#: computed per byte in Python.
-_SCALED = bytes(v * c // 255 for v in range(256) for c in range(256))
-_INVERTED = bytes(range(255, -1, -1))
-#: Runs of pixels fully (255) or partly selected; the rest keeps the source's pixels.
-_SELECTED = re.compile(rb"\xff+|[\x01-\xfe]+")
-
-
-def blend_by_coverage(source, styled, coverage):
-    """What the full run gives over ``source`` (RGBA): the styled layer through a mask of the
-    selection, each byte ``(styled * c + source * (255 - c)) / 255`` to within one level (c:
-    the pixel's ``coverage``, one byte a pixel). Coverage 0 gives the source's bytes exactly,
-    255 the styled ones. GTK's thread runs it: no Python loop per pixel (a 256 px preview took
-    57 ms that way), only per run of selected pixels; feathered runs go through ``_SCALED``."""
-    out = bytearray(source)
-    for run in _SELECTED.finditer(coverage):
-        a, b = 4 * run.start(), 4 * run.end()
-        if run.group()[0] == 255:
-            out[a:b] = styled[a:b]
-            continue
-        top, rest = styled[a:b], bytearray(b - a)  # rest: 255 - the coverage, for each byte
-        for k in range(4):
-            rest[k::4] = run.group().translate(_INVERTED)
-        # styled - floor(styled * rest / 255) + floor(source * rest / 255): every byte stays
-        # in 0..255 at each step, so whole runs are added as integers with no carry or borrow.
-        mixed = (int.from_bytes(top, "little") - int.from_bytes(_scaled_by(top, rest), "little")
-                 + int.from_bytes(_scaled_by(source[a:b], rest), "little"))
-        out[a:b] = mixed.to_bytes(b - a, "little")
-    return bytes(out)
-
-
-def _scaled_by(data, factors):
-    """``data[i] * factors[i] // 255`` for every byte: the pairs read as ``v << 8 | c``."""
-    pairs = bytearray(2 * len(data))
-    low = 0 if sys.byteorder == "little" else 1
-    pairs[low::2], pairs[1 - low::2] = factors, data
-    return bytes(map(_SCALED.__getitem__, memoryview(pairs).cast("H")))
 
 
 class PreviewWorker:
@@ -241,8 +195,9 @@ class PreviewWorker:
         except Exception as e:  # noqa: BLE001 — every failure is shown in the dialog
             if getattr(e, "code", None) == "cancelled":
                 if not self._is_stale(generation):  # not by us: never leave the pane waiting
-                    self._deliver("error", generation, "the engine stopped this preview "
-                                  "before it finished. Press Preview to try again.")
+                    self._deliver("error", generation, _("the engine stopped this preview "
+                                                                "before it finished. Press "
+                                                                "Preview to try again."))
                 return
             text = e.user_text() if hasattr(e, "user_text") else f"{type(e).__name__}: {e}"
             self._deliver("error", generation, text)
@@ -320,7 +275,7 @@ class PreviewPane:
 
     def _build_widgets(self):
         Gtk = self._Gtk
-        frame = Gtk.Frame(label="Preview")
+        frame = Gtk.Frame(label=_("Preview"))
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6, margin=8)
         frame.add(box)
         self._image = Gtk.Image()
@@ -341,21 +296,22 @@ class PreviewPane:
         self._notice.set_no_show_all(True)
         box.pack_start(self._notice, False, False, 0)
         buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-        self._button = Gtk.Button.new_with_mnemonic("Pre_view")
-        self._button.set_tooltip_text("Stylise the region to repaint, small and fast, with "
-                                      "the settings on the left")
+        self._button = Gtk.Button.new_with_mnemonic(_("Pre_view"))
+        self._button.set_tooltip_text(_("Stylise the region to repaint, small and fast, with "
+                                        "the settings on the left"))
         self._button.connect("clicked", lambda _b: self._guarded(self.update, force=True))
         buttons.pack_start(self._button, False, False, 0)
-        self._auto = Gtk.CheckButton.new_with_mnemonic("Update _automatically")
+        self._auto = Gtk.CheckButton.new_with_mnemonic(_("Update _automatically"))
         self._auto.set_active(True)
-        self._auto.set_tooltip_text("A new preview shortly after a setting stops changing")
+        self._auto.set_tooltip_text(_("A new preview shortly after a setting stops changing"))
         self._auto.connect("toggled", lambda b: b.get_active() and self._schedule())
         buttons.pack_start(self._auto, False, False, 0)
         box.pack_start(buttons, False, False, 0)
         note = Gtk.Label(xalign=0.0, wrap=True)
         note.set_max_width_chars(34)
-        note.set_markup(f"<small>{PREVIEW_SIZE} px, {PREVIEW_ITERATIONS} steps: a rough "
-                        "idea of the result. Nothing changes in the image until OK.</small>")
+        note.set_markup("<small>{}</small>".format(html.escape(
+            _("{size} px, {steps} steps: a rough idea of the result. Nothing changes in the "
+              "image until OK.").format(size=PREVIEW_SIZE, steps=PREVIEW_ITERATIONS))))
         box.pack_start(note, False, False, 0)
         return frame
 
@@ -402,7 +358,7 @@ class PreviewPane:
         self._worker.invalidate()  # a preview in progress is out of date now
         self._generation = None
         if self._shown is not None:
-            self._say("Settings changed: the preview shows the earlier ones.")
+            self._say(_("Settings changed: the preview shows the earlier ones."))
         else:
             self._say("")
         self._schedule()
@@ -429,7 +385,7 @@ class PreviewPane:
         except Exception as e:  # noqa: BLE001 — shown in the dialog
             self._generation = None
             try:
-                self._say(f"No preview: {type(e).__name__}: {e}")
+                self._say(_("No preview: {reason}").format(reason=f"{type(e).__name__}: {e}"))
             except Exception:  # noqa: BLE001 — the widgets are gone
                 pass
 
@@ -446,15 +402,15 @@ class PreviewPane:
             self._say(str(e))
             return
         if not force and job.settings == self._shown:
-            self._say("The preview shows these settings.")
+            self._say(_("The preview shows these settings."))
             return
         self._job = job
         self._submitted_at = time.monotonic()
         self._generation = self._worker.submit(job)
         self._progress.set_fraction(0.0)
-        self._progress.set_text("Sending the image")
+        self._progress.set_text(_("Sending the image"))
         self._progress.show()
-        self._say("Previewing…", busy=True)
+        self._say(_("Previewing…"), busy=True)
 
     # ------------------------------------------------------------------ worker reports
 
@@ -470,19 +426,19 @@ class PreviewPane:
 
     def _report(self, kind, payload):
         if kind == "starting":
-            self._say("Starting the engine (the first start takes a while)…", busy=True)
+            self._say(_("Starting the engine (the first start takes a while)…"), busy=True)
         elif kind == "progress":
             total = payload.get("total") or 0
             done = payload.get("iteration") or 0
             self._progress.set_fraction(min(1.0, done / total) if total else 0.0)
-            stage = str(payload.get("stage") or "")
-            self._progress.set_text(f"{stage.capitalize()} {done}/{total}" if total
-                                    else stage.capitalize())
-            self._say("Previewing…", busy=True)
+            stage = payload.get("stage")
+            stage = _(STAGES[stage]) if stage in STAGES else str(stage or "").capitalize()
+            self._progress.set_text(f"{stage} {done}/{total}" if total else stage)
+            self._say(_("Previewing…"), busy=True)
         elif kind == "result":
             self._show(payload)
         elif kind == "error":
-            self._say(f"No preview: {payload}")
+            self._say(_("No preview: {reason}").format(reason=payload))
 
     def _show(self, payload):
         result, notices = payload
@@ -510,15 +466,15 @@ class PreviewPane:
                                              0x999999, 0x666666)
         self._image.set_from_pixbuf(flat or pixbuf)
         self._shown = job.settings
-        self._say(f"Preview of {job.caption} ({w}×{h} px).")
+        self._say(_("Preview of {what} ({w}×{h} px).").format(what=job.caption, w=w, h=h))
         # E.g. weights that are not the verified VGG19: the preview must not pass for the real
         # thing. The full notice is the tooltip (and a message after the full run).
         if notices:
-            text = ("The engine's weights are not the verified VGG19: this is not what real "
-                    "style transfer looks like." if any("VGG19" in n for n in notices)
+            text = (_("The engine's weights are not the verified VGG19: this is not what "
+                      "real style transfer looks like.") if any("VGG19" in n for n in notices)
                     else notices[0])
-            self._notice.set_markup(f"<small><b>Note:</b> "
-                                    f"{html.escape(text)}</small>")
+            self._notice.set_markup("<small><b>{}</b> {}</small>".format(
+                html.escape(_("Note:")), html.escape(text)))
             self._notice.set_tooltip_text("\n".join(notices))
             self._notice.show()
         else:
