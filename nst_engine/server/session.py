@@ -4,11 +4,11 @@ A reader thread takes the client's messages: a ``stylize`` is queued as a job on
 queue (``jobs.Jobs``), which decides when it runs; ``cancel`` sets the named job's event;
 ``shutdown`` or the end of the input ends the session (``Session._ended``: the transport says
 what that ends). When a job's turn comes, the queue's thread calls this session's ``run_job``,
-which does the work: the preset resolved, ``transfer.pipeline.stylize``, the result or error
-sent back.
-Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error
-message and end the session, since the stream is out of step; a well-framed but wrong message
-(unknown type, other protocol version, bad fields) is answered and the session goes on.
+which does the work: the preset resolved, ``transfer.pipeline.stylize`` (or the next frame of
+the session's animation, ``clip``), the result or error sent back.
+Framing errors (bad magic, over a limit, truncated, bad JSON) are answered with an error message
+and end the session, since the stream is out of step; a well-framed but wrong message (unknown
+type, other protocol version, bad fields) is answered and the session goes on.
 
 Bounded whatever a client does: a payload's memory is reserved from the engine's budget
 (``jobs.PayloadBudget``) as its bytes arrive, never on the header's word, and kept until its
@@ -29,7 +29,8 @@ from ..bridge import wire
 from ..bridge.wire import Code, Msg, ProtocolError
 from .. import presets
 from ..errors import Cancelled, EngineError, OutOfMemory
-from .jobs import Jobs, PayloadBudget
+from .clip import Clip, asked_for, check_next
+from .jobs import Jobs, PayloadBudget, release_cached_memory
 from .progress import ProgressThrottle
 from .startup import Ready
 from .streams import log
@@ -70,7 +71,8 @@ class Session:
         self.stopping = threading.Event()
         self.exit_code = 0
         self.notices: list[str] = []  # attached to every result (e.g. unverified weights)
-        self.clip: tuple[Any, int, Any] | None = None  # animation: (clip id, frames done, state)
+        #: The animation in progress (``clip.py``); set and dropped under ``lock``.
+        self.clip: Clip | None = None
 
     # -------------------------------------------------------------------- sending
 
@@ -109,6 +111,11 @@ class Session:
             self.stopping.set()
             for ev in self.cancels.values():
                 ev.set()
+        # An ended session's clip can never continue: its kept frames (on the GPU too) go now,
+        # not when this object is collected. A frame still running holds the state until it
+        # stops (cancelled above); no clip is kept after this (``_start_clip``).
+        if self._drop_clip():
+            release_cached_memory()
         self._ended(why)
 
     def _ended(self, why: str) -> None:
@@ -314,55 +321,87 @@ class Session:
             self.budget.release(len(request.payload))
 
     def _stylize(self, h: dict[str, Any], payload: bytes, cancel: threading.Event):
-        from PIL import Image  # the first job pays for these, not the hello
+        from ..transfer.pipeline import stylize  # the first job pays for this, not the hello
 
-        from ..transfer.pipeline import stylize
+        progress = ProgressThrottle(self.send, h.get("id"))
+        if h.get("animation") is not None:
+            out = self._animation_frame(h, payload, progress, cancel)
+        else:
+            images, weights = self._images(h, payload)
+            out = stylize(content=images[0], styles=list(zip(images[1:], weights[1:])),
+                          params=presets.resolve(h.get("preset"), h.get("overrides") or {}),
+                          device=self._device(h), weights=self.args.weights,
+                          progress=progress, cancel=cancel)
+        progress.flush()
+        # The result's size is checked once, by the client (``EngineClient.stylize``).
+        return out if out.mode == "RGBA" else out.convert("RGBA")
+
+    @staticmethod
+    def _images(h: dict[str, Any], payload: bytes, first: int | None = None):
+        """The request's images (the first ``first`` of them) as PIL images, and their
+        weights (None for the content)."""
+        from PIL import Image
 
         # Straight from the payload's memory (no extra copy: 48 MB for a 12 MP layer).
-        images = [Image.frombytes("RGBA", (im["width"], im["height"]), data)
-                  for im, data in wire.split_images(h, payload)]
-        weights = [im.get("weight") for im in h["images"]]
-        params = presets.resolve(h.get("preset"), h.get("overrides") or {})
+        parts = wire.split_images(h, payload)[:first]
+        return ([Image.frombytes("RGBA", (im["width"], im["height"]), data)
+                 for im, data in parts], [im.get("weight") for im, _ in parts])
+
+    def _device(self, h: dict[str, Any]) -> str:
         device = h.get("device") or "auto"
-        if device == "auto":
-            device = self.args.device
-        progress = ProgressThrottle(self.send, h.get("id"))
-        styles = list(zip(images[1:], weights[1:]))
-        if h.get("animation") is not None:
-            out = self._frame(h["animation"], images[0], styles, params, device, progress,
-                              cancel)
+        return self.args.device if device == "auto" else device
+
+    # -------------------------------------------------------------------- animations
+
+    def _animation_frame(self, h: dict[str, Any], payload: bytes, progress, cancel):
+        """One frame of the session's animation (the rules: ``clip.py``). Frame 1 starts the
+        clip from its request's styles and settings, which hold for every frame; a later frame
+        only brings its content, after ``clip.check_next``. The clip is dropped, its kept frames
+        with it, after its last frame and when a frame fails or is cancelled."""
+        anim = h["animation"]
+        n = anim["frame"]
+        if n == 1:
+            images, weights = self._images(h, payload)
+            clip = self._start_clip(h, payload, images, weights)
+            content = images[0]
         else:
-            out = stylize(content=images[0], styles=styles, params=params, device=device,
-                          weights=self.args.weights, progress=progress, cancel=cancel)
-        progress.flush()
-        if out.mode != "RGBA":
-            out = out.convert("RGBA")
-        if out.size != images[0].size:
-            raise RuntimeError(f"stylize returned {out.size} for content {images[0].size}")
+            with self.lock:
+                clip = self.clip
+            check_next(clip, h, payload)  # refused: nothing changes
+            (content,), _ = self._images(h, payload, first=1)  # the styles are frame 1's
+        try:
+            out = clip.animation.frame(content, progress=progress, cancel=cancel)
+        except BaseException:
+            self._drop_clip(clip)  # the state may hold part of this frame: it cannot go on
+            raise
+        clip.done = n
+        if n == clip.frames:
+            self._drop_clip(clip)
         return out
 
-    def _frame(self, anim: dict[str, Any], content, styles, params, device, progress, cancel):
-        """One frame of an animation (``stylize`` with ``animation``): frame 1 starts the clip
-        (its settings hold for every frame), the others must follow in order; the session keeps
-        only what the next frames need (``transfer.animation``), dropped after the last."""
-        from ..errors import InvalidInput
+    def _start_clip(self, h: dict[str, Any], payload: bytes, images, weights) -> Clip:
         from ..transfer.animation import Animation
 
-        clip, n, total = anim["clip"], anim["frame"], anim["frames"]
-        if n == 1:
-            self.clip = None  # a new clip replaces an unfinished one
-            state = Animation(styles=styles, params=params, frames=total,
-                              loop=bool(anim.get("loop")),
-                              device=device, weights=self.args.weights)
-            self.clip = (clip, 0, state)
-        if self.clip is None or self.clip[0] != clip or self.clip[1] != n - 1:
-            expected = 1 if self.clip is None or self.clip[0] != clip else self.clip[1] + 1
-            raise InvalidInput(f"Frame {n} of animation {wire.excerpt(clip)} arrived, but frame "
-                               f"{expected} was expected.", "Send an animation's frames in "
-                               "order, starting with frame 1.")
-        state = self.clip[2]
-        state.styles = styles
-        out = state.frame(content, progress=progress, cancel=cancel)
-        self.clip = None if n == total else (clip, n, state)
-        return out
+        self._drop_clip()  # the unfinished clip's frames go before the new one keeps any
+        anim = h["animation"]
+        params = presets.resolve(h.get("preset"), h.get("overrides") or {})
+        clip = Clip(id=anim["clip"], frames=anim["frames"], size=images[0].size,
+                    asked=asked_for(h, payload),
+                    animation=Animation(styles=list(zip(images[1:], weights[1:])),
+                                        params=params, frames=anim["frames"],
+                                        loop=bool(anim.get("loop")), device=self._device(h),
+                                        weights=self.args.weights))
+        with self.lock:
+            if not self.stopping.is_set():  # an ended session keeps no clip
+                self.clip = clip
+        return clip
 
+    def _drop_clip(self, clip: Clip | None = None) -> bool:
+        """Forget the session's clip (only if it is ``clip``, when given), so its kept frames
+        are freed as soon as no running frame holds them; True when there was one. Returns no
+        reference: a caller that held one would keep the frames alive."""
+        with self.lock:
+            if self.clip is None or (clip is not None and self.clip is not clip):
+                return False
+            self.clip = None
+        return True
