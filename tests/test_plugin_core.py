@@ -324,7 +324,8 @@ def test_one_layer_says_stage_size_step_and_time_left():
     assert r.fractions[-1] == 0.5
     r.now += 1
     bar(step(6, width=512, height=384, tiles=4, eta=3, note="Out of memory: in tiles."))
-    assert r.texts[-1] == "Out of memory: in tiles. Stylizing at 512×384 px in 4 tiles 6/10, 3 s left"
+    assert r.texts[-1] == ("Out of memory: in tiles. Stylizing at 512×384 px in 4 tiles 6/10, "
+                           "3 s left")
     r.now += 1
     bar({"stage": "done", "iteration": 10, "total": 10})
     assert r.texts[-1] == "Finishing 10/10" and r.fractions[-1] == 1.0

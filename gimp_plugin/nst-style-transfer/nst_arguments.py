@@ -1,6 +1,6 @@
-"""Registration both procedures share: the procedure's frame (image types, sensitivity, menu,
-attribution) and the style arguments, in the contract's order (PRODUCT.md), with the preset
-list asked of the engine once per plug-in process. The numbers' ranges come from
+"""Registration both procedures share: what every procedure of the plug-in has (image types,
+sensitivity, menu, attribution) and the style arguments, in the contract's order (PRODUCT.md),
+with the preset list asked of the engine once per plug-in process. The numbers' ranges come from
 ``nst_core.ARGUMENT_RANGES`` (the engine's, through the generated ``nst_settings``).
 
 Any exception while GIMP creates a procedure silently drops it from the PDB, so everything here

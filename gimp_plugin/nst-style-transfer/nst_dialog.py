@@ -124,8 +124,9 @@ def _preview_job(nst_preview, cfg, config, preview_source, seed, style_cache):
     if key not in style_cache:
         # Twice the preview size: the engine scales the style with the content (style_scale).
         style_cache[key] = nst_gimp.read_styles(config, longest=2 * nst_preview.PREVIEW_SIZE)
-    overrides = nst_preview.preview_overrides(
-        {"seed": seed, **nst_core.overrides(nst_gimp.argument_values(config))})
+    values = nst_gimp.argument_values(config)
+    values.pop("temporal-weight", None)  # a preview is one frame: no clip to be coherent with
+    overrides = nst_preview.preview_overrides({"seed": seed, **nst_core.overrides(values)})
     preset, device = config.get_property("preset"), nst_gimp.device_of(cfg, config)
     settings = {**seen.where, "styles": list(key), "preset": preset, "overrides": overrides,
                 "device": device}

@@ -275,9 +275,9 @@ class PreviewPane:
 
     def _build_widgets(self):
         Gtk = self._Gtk
-        frame = Gtk.Frame(label=_("Preview"))
+        pane = Gtk.Frame(label=_("Preview"))
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6, margin=8)
-        frame.add(box)
+        pane.add(box)
         self._image = Gtk.Image()
         self._image.set_size_request(PREVIEW_SIZE, PREVIEW_SIZE)
         box.pack_start(self._image, False, False, 0)
@@ -313,7 +313,7 @@ class PreviewPane:
             _("{size} px, {steps} steps: a rough idea of the result. Nothing changes in the "
               "image until OK.").format(size=PREVIEW_SIZE, steps=PREVIEW_ITERATIONS))))
         box.pack_start(note, False, False, 0)
-        return frame
+        return pane
 
     def _pack_beside_fields(self, dialog):
         """Move the fields ProcedureDialog.fill() put in the content area into a row, with the
