@@ -213,3 +213,27 @@ def test_an_ended_session_keeps_no_clip_from_a_frame_that_was_running(random_wei
     s.stop(0, "the client went away")
     run(s, request(1, 1))
     assert s.clip is None
+
+
+def test_a_loop_clip_whose_frame_count_changes_is_refused_not_an_internal_error(
+        random_weights_file):
+    """Issue 35, item 8: a loop clip started with ``frames: 2``, then sent frames 2-4 of 4, ended
+    frame 4 in ``internal`` (ZeroDivisionError: the session used frame 1's count with the later
+    frames' numbers). Every such frame is refused before any work, with words a user can act on
+    (``invalid_input``: the plug-in shows its message and hint), and the clip can still finish."""
+    s = make_session(random_weights_file)
+    assert run(s, request(1, 1, frames=2, loop=True)).type == Msg.RESULT
+    kept = s.clip
+    replies = [run(s, request(10 + n, n, frames=4, loop=True, content=rgba(FRAMES[(n - 1) % 3])))
+               for n in (2, 3, 4)]
+    assert [r.type for r in replies] == [Msg.ERROR] * 3
+    assert [r.header["code"] for r in replies] == ["invalid_input"] * 3
+    assert "Frame 2 of animation 'c1' asks for other number of frames than its frame 1" \
+        in replies[0].header["message"]
+    assert "start a new animation (frame 1)" in replies[0].header["hint"]
+    for r in replies[1:]:  # frame 2 was refused, so these are out of order
+        assert "but frame 2 was expected" in r.header["message"]
+        assert "starting with frame 1" in r.header["hint"]
+    assert s.clip is kept and s.clip.done == 1  # nothing changed: the clip may still finish
+    assert run(s, request(20, 2, frames=2, loop=True)).type == Msg.RESULT
+    assert s.clip is None
