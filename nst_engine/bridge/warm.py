@@ -238,12 +238,31 @@ class EngineLock:
             os.close(fd)
 
 
+#: Where Linux tells who holds a lock and what a process runs. A chroot or container may lack it
+#: or hide it: ``can_verify`` is then False (tests point this elsewhere to fake that).
+PROC = Path("/proc")
+
+
+def can_verify() -> bool:
+    """Whether this process can show who holds the lock: Linux with a readable /proc (its own
+    entry's open files can be listed, as ``_is_engine`` lists the holder's). Where it cannot,
+    ``EngineLock.holder`` says 0 for any holder, the warm engine included, so a caller must
+    decide without it (``attach`` trusts only the engine it started itself)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.listdir(PROC / str(os.getpid()) / "fd")
+    except OSError:
+        return False
+    return True
+
+
 def _lock_holders(st: os.stat_result) -> list[int]:
     """The pids the kernel lists as holding a flock on the file ``st`` (Linux's /proc/locks);
     empty when it cannot tell."""
     pids = []
     try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+        with open(PROC / "locks", encoding="ascii", errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
         return pids
@@ -264,7 +283,7 @@ def _lock_holders(st: os.stat_result) -> list[int]:
 def _is_engine(pid: int, folder: Path, st: os.stat_result) -> bool:
     """Linux: ``pid`` is this user's process, has the lock file ``st`` open, and runs
     ``-m nst_engine serve … --listen <folder>/engine.sock``."""
-    proc = Path(f"/proc/{pid}")
+    proc = PROC / str(pid)
     try:
         if proc.stat().st_uid != os.getuid():
             return False

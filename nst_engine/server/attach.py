@@ -31,8 +31,8 @@ from .. import __version__
 from ..bridge import config
 from ..bridge.logs import LOG_ENV, LOG_NAME
 from ..bridge.warm import (BUILD_ENV, EXIT_NO_ENGINE, POLL, SOCKET_NAME, EngineLock,
-                           WarmUnavailable, connect, foreign_listener, private_dir, read_hello,
-                           stop_engine)
+                           WarmUnavailable, can_verify, connect, foreign_listener,
+                           peer_credentials, private_dir, read_hello, stop_engine)
 from ..bridge.wire import PROTOCOL_VERSION, Code, Msg, ProtocolError, encode_message
 
 #: attach's own answer "run a per-run engine for this client" (``run`` execs ``serve``).
@@ -103,6 +103,11 @@ def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float,
             why = foreign_listener(sock, folder)
             if why is None:
                 return sock
+            if not can_verify():
+                # No /proc (a chroot, a container): no holder can be shown to be the engine,
+                # ours included. Reconnecting would never change that (it looped until the
+                # hello timeout), so decide now, on what is known without /proc.
+                return _unverifiable(sock, child, path)
             sock.close()
             if not told:
                 _log(f"not the warm engine: {why}")
@@ -129,6 +134,22 @@ def _connect_or_start(folder: Path, serve_args: Sequence[str], keep_warm: float,
         if time.monotonic() > deadline:
             raise TimeoutError
         time.sleep(POLL)
+
+
+def _unverifiable(sock: socket.socket, child: subprocess.Popen | None, path: Path
+                  ) -> socket.socket:
+    """``sock``'s listener where /proc cannot be read: trusted when it is the engine this very
+    attach started (the kernel's SO_PEERCRED pid is our child's, which cannot have been reused:
+    the child is running and not yet waited for), else _PerRun at once. One log line either way."""
+    creds = peer_credentials(sock)
+    if child is not None and child.poll() is None and creds is not None \
+            and creds[0] == child.pid:
+        _log(f"cannot show who holds the lock (/proc cannot be read): trusting the engine this "
+             f"attach started, pid {child.pid}")
+        return sock
+    sock.close()
+    raise _PerRun(f"the process listening on {path} cannot be shown to be the warm engine: "
+                  "/proc cannot be read")
 
 
 def _remove_socket(path: Path) -> None:
@@ -264,6 +285,8 @@ def _stranger_holds(folder: Path) -> bool:
     """The lock stays held, for STRANGER_GRACE s, by a process not shown to be the engine
     (an exiting engine is such a one only for a moment)."""
     lock = EngineLock(folder)
+    if lock.holder() == 0 and not can_verify():
+        return True  # without /proc no holder is ever shown to be the engine: waiting is vain
     end = time.monotonic() + STRANGER_GRACE
     while lock.holder() == 0:
         if time.monotonic() > end:
