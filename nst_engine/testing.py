@@ -1,6 +1,8 @@
 """Random-weight VGG19 files with the real key names and shapes, synthetic clips with a known
-motion (``synthetic_clip``) and test pictures (``tiling_content``, ``stripes``), for tests,
-benchmarks and demos.
+motion (``synthetic_clip``), test pictures (``tiling_content``, ``stripes``) and hostile or
+unusual files written byte by byte (``png_declaring``: a decompression bomb's header;
+``write_apng``: every APNG disposal and blend, sub-rectangles), for tests, benchmarks and
+demos.
 
 The pretrained weights cannot be downloaded everywhere the tests run, so tests generate files
 that pass every layout check but hold random numbers. They have an unknown checksum, so the
@@ -168,6 +170,60 @@ def synthetic_clip(n: int, hw: tuple[int, int], *, seed: int = 0, pan: tuple[flo
             flow[inside] = (-speed[0], -speed[1])
             flows.append(flow)
     return frames, flows, covered
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_declaring(path: str | os.PathLike, width: int, height: int) -> Path:
+    """A small PNG whose header declares ``width`` x ``height`` RGB pixels (a decompression
+    bomb's shape: its few bytes of data are never reached by a reader that refuses it)."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
+                           + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                           + _png_chunk(b"IEND", b""))
+    return Path(path)
+
+
+def write_apng(path: str | os.PathLike, size: tuple[int, int], frames: list[dict],
+               loop: int = 0) -> Path:
+    """An RGBA APNG written chunk by chunk (Pillow's writer chooses its own disposal, blend and
+    regions). Each frame: ``image`` (an RGBA numpy array h x w x 4), ``at`` (x, y) on the
+    canvas, ``dispose`` (0 none, 1 background, 2 previous), ``blend`` (0 source, 1 over),
+    ``delay`` (numerator, denominator: the file's own fraction of a second). The first frame
+    is also the default image (IDAT), as most encoders write it."""
+    import struct
+    import zlib
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", size[0], size[1], 8, 6, 0, 0, 0)),
+              _png_chunk(b"acTL", struct.pack(">II", len(frames), loop))]
+    seq = 0
+    for i, f in enumerate(frames):
+        h, w = f["image"].shape[:2]
+        x, y = f.get("at", (0, 0))
+        num, den = f.get("delay", (1, 10))
+        chunks.append(_png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, x, y, num, den,
+                                                      f.get("dispose", 0), f.get("blend", 0))))
+        seq += 1
+        rows = b"".join(b"\0" + bytes(row) for row in f["image"].astype("uint8")
+                        .reshape(h, w * 4))
+        data = zlib.compress(rows)
+        if i == 0:
+            chunks.append(_png_chunk(b"IDAT", data))
+        else:
+            chunks.append(_png_chunk(b"fdAT", struct.pack(">I", seq) + data))
+            seq += 1
+    chunks.append(_png_chunk(b"IEND", b""))
+    Path(path).write_bytes(_PNG_SIGNATURE + b"".join(chunks))
+    return Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
