@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file; the format follows the extension (.png, .jpg, .tif); "
                         "for frames an animated .gif/.webp/.apng or a folder (one PNG per "
-                        "frame)")
+                        "frame); an existing file is not replaced without --overwrite")
     s.add_argument("--preset", default=None, help="preset name (see `presets`)")
     _add_setting_flags(s)
     s.add_argument("--device", choices=DEVICES, default="auto")
@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", action=argparse.BooleanOptionalAction, default=None,
                    help="the animation loops: lead the frames back to the first, so the last "
                         "flows into it (default: as the input file says)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (without it an existing "
+                        "output is refused before any work); an input is never overwritten")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     pr = sub.add_parser("presets", help="list presets, or show one fully resolved")

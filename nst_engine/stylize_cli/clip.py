@@ -2,14 +2,22 @@
 flow with ``--animation``, else each an independent still), written as an animated file at the
 end or into a folder as each is done.
 
-A frame that fails leaves the frames done on disk, said where: in the output folder, or beside
-the animated file in ``<name>-frames-done/``. A user's error (``EngineError``) says so in its
-message; anything else (a bug) surfaces with its traceback after a note that says where.
+Memory: with a folder output each result is written as it is done and let go; only an
+animated output keeps the results (it is written from all of them at the end).
+
+Frames done are never lost, however the run ends early: a frame that fails, a failed final
+write (the folder went away, the disk filled up), Ctrl-C, a bug. They are in the output
+folder, or saved in ``<name>-frames-done/`` beside the animated file (a new
+``<name>-frames-done-2/``... when that exists; the temporary folder, else the home folder,
+when the output's folder takes nothing), and the message says where. A user's error
+(``EngineError``) says so in its message; Ctrl-C and a bug in a note before they surface as
+themselves ("interrupted", exit 130; the traceback).
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +25,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from ..errors import EngineError
-from ..imageio import Clip, write_clip, write_image
+from ..imageio import Clip, rescue_image, write_clip, write_image
 from .progress_bar import BarFactory
 from .request import ClipRequest
 
@@ -39,30 +47,43 @@ def stylize_clip(request: ClipRequest, device: torch.device, bar_for: BarFactory
     anim = Animation(styles=request.styles, params=request.params, frames=n, loop=request.loop,
                      device=str(device), weights=request.weights,
                      weights_kind=request.weights_kind)
-    done: list[Image.Image] = []
+    done: list[Image.Image] = []  # the results: kept only for an animated output
+    count = 0                     # frames finished (and, into a folder, written)
     start = time.monotonic()
-    for i, frame in enumerate(request.frames):
-        bar = bar_for(f"frame {i + 1}/{n}")
-        try:
-            result = anim.frame(frame, progress=bar)
-        except EngineError as e:
-            _close(bar)
-            # The same kind of error (its code), the frame and the frames done added.
-            raise type(e)(f"Frame {i + 1} of {n} failed: {e.message} "
-                          f"{_keep_frames_done(request, done)}", e.hint) from e
-        except Exception:
-            # Not a user's error: it surfaces as it is (traceback), but the frames done are
-            # not lost with it.
-            _close(bar)
-            print(f"note: frame {i + 1} of {n} failed. {_keep_frames_done(request, done)}",
-                  file=err)
-            raise
-        _close(bar)
-        done.append(result)
-        if request.into_folder:
-            write_image(result, Path(request.output) / request.names[i])
-    if not request.into_folder:
-        write_clip(Clip(done, list(request.durations), request.loop_count), request.output)
+    stage = ""  # what the message of a failure starts with: the frame, or nothing (a write)
+    try:
+        for i, frame in enumerate(request.frames):
+            bar = bar_for(f"frame {i + 1}/{n}")
+            stage = f"Frame {i + 1} of {n} failed: "
+            try:
+                result = anim.frame(frame, progress=bar)
+            finally:
+                _close(bar)
+            stage = ""  # a write's message names its file
+            if request.into_folder:
+                _write_frame(request, result, i)
+            else:
+                done.append(result)
+            count += 1
+        if not request.into_folder:
+            write_clip(Clip(done, list(request.durations), request.loop_count),
+                       request.output, replace=request.overwrite)
+    except EngineError as e:
+        # The same kind of error (its code), the frame and the frames done added.
+        raise type(e)(f"{stage}{e.message} {_keep_frames_done(request, done, count)}",
+                      e.hint) from e
+    except KeyboardInterrupt:
+        # Ctrl-C: cli.main says "interrupted" (exit 130); the frames done are kept first.
+        at = f"frame {count + 1} of {n}" if count < n else f"writing '{request.output}'"
+        print(f"\nnote: stopped at {at}. "
+              f"{_keep_frames_done(request, done, count)}", file=err)
+        raise
+    except Exception:
+        # Not a user's error: it surfaces as it is (traceback), but the frames done are
+        # not lost with it.
+        print(f"note: frame {min(count + 1, n)} of {n} failed. "
+              f"{_keep_frames_done(request, done, count)}", file=err)
+        raise
     if not request.quiet:
         later = [s.seconds for s in anim.stats[1:]]
         per = f", {sum(later) / len(later):.1f} s per frame after the first" if later else ""
@@ -77,19 +98,56 @@ def _close(bar) -> None:
         bar.close()
 
 
-def _keep_frames_done(request: ClipRequest, done: list[Image.Image]) -> str:
-    """Where the frames done are (saving them beside an animated output first), in words."""
-    if not done:
+def _write_frame(request: ClipRequest, result: Image.Image, i: int) -> None:
+    """Frame ``i`` into the output folder; when that fails after all (the folder went away),
+    the frame is saved elsewhere and the error says where (the caller adds the earlier
+    ones)."""
+    target = Path(request.output) / request.names[i]
+    try:
+        write_image(result, target, replace=request.overwrite)
+    except EngineError as e:
+        rescued = rescue_image(result, target)
+        saved = (f"Frame {i + 1} was saved to '{rescued}' instead."
+                 if rescued else f"Frame {i + 1} could not be saved anywhere.")
+        # Stops the run: a folder that lost its frames is no place for the next ones.
+        raise type(e)(f"{e.message} {saved}", e.hint) from None
+
+
+def _keep_frames_done(request: ClipRequest, done: list[Image.Image], count: int) -> str:
+    """Where the frames done are (saving them first when they are only in memory), in
+    words."""
+    if not count:
         return "No frame was finished."
     if request.into_folder:
-        return (f"The {len(done)} frame(s) done are in '{Path(request.output)}' "
+        if not Path(request.output).is_dir():
+            return (f"The {count} frame(s) done were in '{request.output}', which is no "
+                    "longer there.")
+        return (f"The {count} frame(s) done are in '{Path(request.output)}' "
                 f"({request.names[0]} ...).")
     output = Path(request.output)
-    folder = output.with_name(output.stem + "-frames-done")
+    tries = [output.with_name(f"{output.stem}-frames-done")]
+    tries += [output.with_name(f"{output.stem}-frames-done-{k}") for k in range(2, 100)]
+    for folder in tries:
+        if folder.exists() or folder.is_symlink():
+            continue  # never into, or over, what is already there
+        try:
+            folder.mkdir()
+        except OSError:
+            break  # the output's folder takes nothing: somewhere else
+        return _save_frames(done, request.names, folder)
+    for place in (tempfile.gettempdir(), Path.home(), Path.cwd()):
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f"{output.stem}-frames-done-", dir=place))
+        except OSError:
+            continue
+        return _save_frames(done, request.names, folder)
+    return f"The {count} frame(s) done could not be saved anywhere."
+
+
+def _save_frames(done: list[Image.Image], names: tuple[str, ...], folder: Path) -> str:
     try:
-        folder.mkdir(exist_ok=True)
-        for img, name in zip(done, request.names):
-            write_image(img, folder / name)
-    except (OSError, EngineError) as e:  # mkdir's OSError; write_image's InvalidInput
-        return f"The {len(done)} frame(s) done could not be saved ({e})."
+        for img, name in zip(done, names):
+            write_image(img, folder / name, replace=False)
+    except EngineError as e:  # write_image's InvalidInput: the disk filled up
+        return f"The {len(done)} frame(s) done could not all be saved in '{folder}' ({e})."
     return f"The {len(done)} frame(s) done were saved in '{folder}'."

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidInput
+from ..errors import EngineError, InvalidInput
 from ..imageio import rescue_image, write_image
 from .clip import stylize_clip
 from .progress_bar import BarFactory, ProgressBar
@@ -72,7 +72,7 @@ def stylize_still(request: StillRequest, device: torch.device, bar_for: BarFacto
     finally:
         if bar is not None:
             bar.close()
-    for note in _write_or_rescue(result, request.output):
+    for note in _write_or_rescue(result, request.output, request.overwrite):
         print(f"note: {note}", file=err)
     if not request.quiet:
         print(f"wrote {request.output} ({result.width}x{result.height}, {device.type}, "
@@ -80,17 +80,20 @@ def stylize_still(request: StillRequest, device: torch.device, bar_for: BarFacto
     return 0
 
 
-def _write_or_rescue(result, output: str) -> list[str]:
+def _write_or_rescue(result, output: str | Path, replace: bool,
+                     before: str = "") -> list[str]:
     """Write the result; when that fails after all (the folder changed while computing, the
-    disk filled up), save it elsewhere and say where: a finished result is never lost."""
+    disk filled up, a file of that name appeared and --overwrite was not given), save it
+    elsewhere and say where: a finished result is never lost. ``before``: what the message
+    adds about earlier results (a batch's)."""
     try:
-        return write_image(result, output)
+        return write_image(result, output, replace=replace)
     except InvalidInput as e:
         rescued = rescue_image(result, output)
         if rescued is None:
             raise
         raise InvalidInput(f"{e.message} The finished result was saved to '{rescued}' "
-                           "instead.", f"Move it where you want it. {e.hint}") from None
+                           f"instead.{before}", f"Move it where you want it. {e.hint}") from None
 
 
 def stylize_batch(request: BatchRequest, device: torch.device, bar_for: BarFactory) -> int:
@@ -101,15 +104,24 @@ def stylize_batch(request: BatchRequest, device: torch.device, bar_for: BarFacto
     out = Path(request.output)
     n = len(request.contents)
     for i, (content, name) in enumerate(zip(request.contents, request.names)):
+        # Each result is written as it is done: an early end keeps the earlier ones there.
+        earlier = f" The {i} result(s) before it are in '{out}'." if i else ""
         bar = bar_for(f"image {i + 1}/{n}")
         try:
             result = stylize(content=content, styles=request.styles, params=request.params,
                              device=str(device), weights=request.weights,
                              weights_kind=request.weights_kind, progress=bar)
+        except EngineError as e:
+            raise type(e)(f"Image {i + 1} of {n} failed: {e.message}{earlier}",
+                          e.hint) from e
+        except KeyboardInterrupt:
+            print(f"\nnote: stopped at image {i + 1} of {n}.{earlier}", file=sys.stderr)
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        write_image(result, out / name)
+        for note in _write_or_rescue(result, out / name, request.overwrite, earlier):
+            print(f"note: {note}", file=sys.stderr)
         if not request.quiet:
             print(f"wrote {out / name}", file=sys.stderr)
     return 0

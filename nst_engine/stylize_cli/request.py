@@ -12,6 +12,7 @@ line answers without loading it.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from PIL import Image
 
 from ..bridge.wire import MAX_ANIMATION_FRAMES as MAX_FRAMES
 from ..errors import InvalidInput
-from ..imageio import (DEFAULT_DELAY_MS, Clip, check_output, frame_count, is_animation_path,
-                       read_clip, read_image)
+from ..imageio import (DEFAULT_DELAY_MS, Clip, check_folder, check_output, frame_count,
+                       is_animation_path, read_clip, read_image, too_many_frames)
 from ..params import PARAM_FIELDS, StyleParams
 from ..presets import resolve
 
@@ -39,6 +40,7 @@ class Request:
     weights: str | None      # None: the installed cache
     weights_kind: str | None
     quiet: bool
+    overwrite: bool          # --overwrite: existing outputs may be replaced (never an input)
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,47 @@ def request_from_args(args: argparse.Namespace) -> StillRequest | ClipRequest | 
         if not tied:  # every frame an independent still: no flow, no temporal term
             params = params.with_overrides(temporal_weight=0.0)
     styles = tuple((read_image(path), weight) for path, weight in zip(args.style, blend))
+    overwrite = bool(getattr(args, "overwrite", False))
+    targets = ([Path(args.output)] if kind == "still" or not into_folder
+               else [Path(args.output) / name for name in own["names"]])
+    check_targets(targets, [*contents, *args.style, *([args.weights] if args.weights else [])],
+                  overwrite)
     shared = dict(styles=styles, params=params, output=str(args.output), device=args.device,
                   weights=args.weights, weights_kind=args.weights_kind,
-                  quiet=bool(args.quiet))
+                  quiet=bool(args.quiet), overwrite=overwrite)
     made = {"still": StillRequest, "clip": ClipRequest, "batch": BatchRequest}[kind]
     return made(**shared, **own)
+
+
+def check_targets(targets: list[Path], inputs: list[str], overwrite: bool) -> None:
+    """The overwrite policy, the same for stills, clips and batches: an input is never
+    written over (not even with --overwrite); an existing output is refused unless
+    --overwrite says to replace it."""
+    for target in targets:
+        for given in inputs:
+            if _same_file(target, Path(given)):
+                raise InvalidInput(f"Cannot write '{target}': it is one of the inputs "
+                                   f"('{given}'), which this command never overwrites.",
+                                   "Choose another -o (a new file name or an empty folder).")
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} other result file(s)" if len(existing) > 1 else ""
+        raise InvalidInput(f"'{existing[0]}'{more} already exist(s); nothing is overwritten "
+                           "without --overwrite.",
+                           "Choose another -o, or add --overwrite to replace the existing "
+                           "file(s).")
+    for target in existing:
+        if target.is_dir():
+            raise InvalidInput(f"Cannot write '{target}': it is a folder.",
+                               "Move it away or choose another -o.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file by identity (hard links, symlinks, ../), else by resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a missing output: compare where it would be
+        return a.resolve() == b.resolve()
 
 
 def params_from_args(args: argparse.Namespace) -> StyleParams:
@@ -149,6 +187,7 @@ def _into_folder(output: str, several: bool) -> bool:
         if not out.is_dir():
             raise InvalidInput(f"Cannot write into '{output}': the folder does not exist.",
                                "Create the folder first.")
+        check_folder(out)  # read-only, a full disk: found before the model loads
         return True
     if not several:
         raise InvalidInput(f"Several inputs without --animation are a batch: -o must be an "
@@ -192,8 +231,10 @@ def _clip(contents: list[str], tied: bool, loop: bool | None,
 def load_clip(contents: list[str]) -> Clip:
     """The frames in playing order: one animated file, or one frame per file; refused when
     one command could not style them (a single frame, too many, sizes that differ)."""
+    if len(contents) > MAX_FRAMES:  # counted before any file is read
+        raise too_many_frames(len(contents), MAX_FRAMES)
     if len(contents) == 1:
-        clip = read_clip(contents[0])
+        clip = read_clip(contents[0], MAX_FRAMES)  # counted from the headers, not decoded
         if len(clip.frames) < 2:
             raise InvalidInput(f"'{contents[0]}' has a single frame: an animation needs at "
                                "least 2.", "For a still, leave out --animation; else give an "
@@ -208,10 +249,6 @@ def load_clip(contents: list[str]) -> Clip:
             clip.frames.append(read_image(path))
             clip.durations.append(DEFAULT_DELAY_MS)
             clip.names.append(Path(path).stem)
-    if len(clip.frames) > MAX_FRAMES:
-        raise InvalidInput(f"The animation has {len(clip.frames)} frames; one run styles at "
-                           f"most {MAX_FRAMES}.", "Split it into parts (the last frame of one "
-                           "part as the first of the next keeps them coherent) or drop frames.")
     sizes = {f.size for f in clip.frames}
     if len(sizes) > 1:
         first = clip.frames[0].size
