@@ -80,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file; the format follows the extension (.png, .jpg, .tif); "
                         "for frames an animated .gif/.webp/.apng or a folder (one PNG per "
-                        "frame); an existing file is not replaced without --overwrite")
+                        "frame); an existing file is not replaced without --overwrite; a clip "
+                        "that ends early keeps its frames done in the folder, or beside an "
+                        "animated file in NAME-frames-done/")
     s.add_argument("--preset", default=None, help="preset name (see `presets`)")
     _add_setting_flags(s)
     s.add_argument("--device", choices=DEVICES, default="auto")

@@ -3,8 +3,11 @@
 Read: any mode Pillow knows becomes RGB or RGBA (alpha kept), EXIF orientation applied, an
 embedded ICC profile converted to sRGB. Write: the format follows the extension; the file is
 written beside its destination and renamed into place, so a failure never leaves half a file.
-Animations (``read_clip``/``write_clip``): animated GIF, WebP and APNG with each frame's delay
-and the loop count.
+Animations (``read_clip``/``write_clip``): animated GIF, WebP and APNG with every frame, each
+frame's delay as given (0 included) and the loop count. The frame count is read from the
+headers before any frame is decoded; APNG frames are composited here (every disposal and
+blend); GIF and WebP files are assembled here from frames Pillow encodes one at a time, as
+Pillow's and libwebp's writers merge equal consecutive frames.
 """
 
 from __future__ import annotations
