@@ -91,10 +91,12 @@ def test_a_bomb_is_refused_before_the_animation_probe_for_every_kind(tmp_path, c
         frames[0].save(src)
     else:
         write_clip(Clip(frames, [100, 100], 0), src)
+    style = png(tmp_path / "s.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2500 px: more than twice that
-    assert run(src, "-s", png(tmp_path / "s.png"), "-o", tmp_path / "out.gif",
-               "--weights", tmp_path / "none.pth") == 2
-    assert "decompression bomb" in no_traceback(capsys)
+    for tied in ([], ["--animation"]):
+        assert run(src, *tied, "-s", style, "-o", tmp_path / "out.gif",
+                   "--weights", tmp_path / "none.pth") == 2
+        assert "decompression bomb" in no_traceback(capsys)
 
 
 # --- 2. the frame cap, counted before decoding -------------------------------------------------
@@ -211,6 +213,29 @@ def test_ctrl_c_keeps_the_frames_done_and_says_where(tmp_path, fake, common, cap
     assert "interrupted" in err and "stopped at frame 3 of 6" in err and f"'{kept}'" in err
     assert sorted(p.name for p in kept.iterdir()) == ["in-001.png", "in-002.png"]
     assert not (tmp_path / "out.gif").exists()
+
+
+def test_a_batch_ended_early_says_where_the_results_done_are(tmp_path, common, capsys,
+                                                             monkeypatch):
+    from nst_engine.errors import NumericalError
+    from nst_engine.transfer import pipeline
+    inputs = [png(tmp_path / f"{c}.png", seed=i) for i, c in enumerate("abc")]
+    out = tmp_path / "out"
+    out.mkdir()
+    for failure, status in ((KeyboardInterrupt(), 130),
+                            (NumericalError("The optimisation diverged.", "Lower it."), 2)):
+        calls = []
+
+        def stylize(content, **kw):
+            calls.append(1)
+            if len(calls) == 3:
+                raise failure
+            return content.copy()
+        monkeypatch.setattr(pipeline, "stylize", stylize)
+        assert run(*inputs, "-s", inputs[0], "-o", out, "--overwrite", *common) == status
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and f"The 2 result(s) before it are in '{out}'" in err
+        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
 
 
 def test_a_folder_output_lets_each_result_go_once_written(tmp_path, fake, common, monkeypatch):
