@@ -4,8 +4,6 @@ host where that device lacks the operation: ``resize_on_host``)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -79,33 +77,92 @@ def resize(t: Tensor, hw: tuple[int, int], wrap: bool = False) -> Tensor:
 
     ``wrap`` (seamless): the image is a period of a repeating pattern, so the pixels past each
     border are those of the opposite side; the result is exactly one period of the resized
-    pattern (``wrap_margin``: pad circularly, resize, crop)."""
+    pattern (``_wrap_borders``)."""
     if tuple(t.shape[-2:]) == tuple(hw):
         return t
     down = hw[0] * hw[1] < t.shape[-2] * t.shape[-1]
     if resize_on_host(t.device, down):
         return resize(t.cpu(), hw, wrap).to(t.device)
-    if wrap:
-        (h, w), (oh, ow) = t.shape[-2:], hw
-        ph, qh = wrap_margin(h, oh)
-        pw, qw = wrap_margin(w, ow)
-        padded = F.pad(t, (pw, pw, ph, ph), mode="circular")
-        out = F.interpolate(padded, size=(oh + 2 * qh, ow + 2 * qw),
-                            mode="bilinear" if down else "bicubic", align_corners=False,
-                            antialias=down)
-        return out[..., qh:qh + oh, qw:qw + ow].clamp(0, 1)
     out = F.interpolate(t, size=hw, mode="bilinear" if down else "bicubic",
                         align_corners=False, antialias=down)
+    if wrap:
+        _wrap_borders(out, t, cubic=not down)
     return out.clamp(0, 1)
 
 
-def wrap_margin(n: int, m: int) -> tuple[int, int]:
-    """``(p, q)``: pad a side of ``n`` px by ``p`` on each end so that resized to ``m`` it
-    gains exactly ``q = p * m / n`` (whole) px each end: the padded image's resize then maps
-    every pixel as the unpadded one does, shifted by ``q``. ``p`` covers the kernel's reach
-    (bicubic: 2 px; antialiased down: 2 px scaled by ``n / m``), in steps of ``n / gcd(n, m)``
-    (the smallest pad with a whole ``q``), at most ``n`` (one whole period)."""
-    step = n // math.gcd(n, m)
-    need = math.ceil(2 * max(1.0, n / m)) + 1
-    p = min(n, step * math.ceil(need / step))
-    return p, p * m // n
+#: Bicubic's constant in PyTorch's kernel (``upsample_bicubic2d``: Keys' cubic, a = -0.75).
+_CUBIC_A = -0.75
+
+
+def _taps(n: int, m: int, cubic: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The source pixels and weights of each of ``m`` outputs when a side of ``n`` px is
+    resized to ``m`` on a pattern that repeats every ``n`` px: ``(index [m, K] in [0, n),
+    weight [m, K] float64, border [m] bool)``. ``border``: the outputs whose taps cross the
+    side's ends, the only ones ``F.interpolate`` gets wrong there (it clamps the index, or
+    cuts the antialiasing filter and renormalises).
+
+    The same arithmetic as PyTorch's CPU and CUDA kernels (``align_corners=False``, the scale
+    ``n / m``): bicubic samples at ``scale * (i + 0.5) - 0.5`` with 4 taps;
+    antialiased bilinear (``_upsample_bilinear2d_aa``) spreads a triangle of half width
+    ``max(scale, 1)`` around ``scale * (i + 0.5)`` over the pixels ``floor(c -+ support +
+    0.5)`` and normalises it. Where the kernels truncate toward zero this floors: the taps
+    past the start are the previous period's, as a pattern padded by whole periods has them.
+    """
+    scale = n / m
+    i = torch.arange(m, dtype=torch.float64)
+    if cubic:
+        real = scale * (i + 0.5) - 0.5
+        base = real.floor()
+        t = real - base
+
+        def near(x: Tensor) -> Tensor:  # |x| <= 1
+            return ((_CUBIC_A + 2) * x - (_CUBIC_A + 3)) * x * x + 1
+
+        def far(x: Tensor) -> Tensor:  # 1 < |x| < 2
+            return ((_CUBIC_A * x - 5 * _CUBIC_A) * x + 8 * _CUBIC_A) * x - 4 * _CUBIC_A
+        weight = torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], 1)
+        index = base.long()[:, None] + torch.arange(-1, 3)
+    else:
+        support = max(scale, 1.0)
+        centre = scale * (i + 0.5)
+        lo = (centre - support + 0.5).floor().long()
+        hi = (centre + support + 0.5).floor().long()
+        index = lo[:, None] + torch.arange(int((hi - lo).max()))
+        weight = (1 - ((index - centre[:, None] + 0.5) / support).abs()).clamp(min=0)
+        weight[index >= hi[:, None]] = 0
+        weight /= weight.sum(1, keepdim=True)
+    border = ((index < 0) | (index >= n)).any(1)
+    return index.remainder(n), weight, border
+
+
+def _gather(x: Tensor, dim: int, index: Tensor, weight: Tensor) -> Tensor:
+    """Resample ``x`` along ``dim``: output ``i`` is ``sum_k weight[i, k] *
+    x[index[i, k]]``. One pass over the output per tap; the output and one gathered copy
+    are all it holds."""
+    shape = [1] * x.dim()
+    shape[dim] = index.shape[0]
+    index, weight = index.to(x.device), weight.to(x.device, x.dtype)
+    out = x.index_select(dim, index[:, 0]).mul_(weight[:, 0].view(shape))
+    for k in range(1, index.shape[1]):
+        out.addcmul_(x.index_select(dim, index[:, k]), weight[:, k].view(shape))
+    return out
+
+
+def _wrap_borders(out: Tensor, src: Tensor, cubic: bool) -> None:
+    """Makes ``out`` (``F.interpolate`` of ``src``) one period of the resized repeating
+    pattern, in place: only the outputs within the kernel's reach of a border differ, and
+    those strips are resampled here from taps that wrap around (``_taps``), one side after
+    the other (the kernels are separable). Holds the strips only: no padded copy of the image
+    (a period's pad interpolated 9x the output when the sides share no factor, issue 31)."""
+    (n_h, n_w), (m_h, m_w) = src.shape[-2:], out.shape[-2:]
+    index_h, weight_h, border_h = _taps(n_h, m_h, cubic)
+    index_w, weight_w, border_w = _taps(n_w, m_w, cubic)
+    rows = border_h.nonzero().flatten()
+    cols = border_w.nonzero().flatten()
+    if len(rows):  # top and bottom strips: their source rows across the whole width
+        used, inverse = index_h[rows].unique(return_inverse=True)
+        strip = _gather(src.index_select(-2, used.to(src.device)), -1, index_w, weight_w)
+        out[..., rows.to(out.device), :] = _gather(strip, -2, inverse, weight_h[rows])
+    if len(cols):  # left and right strips, all rows (the corners again, the same values)
+        strip = _gather(src, -1, index_w[cols], weight_w[cols])
+        out[..., cols.to(out.device)] = _gather(strip, -2, index_h, weight_h)
