@@ -25,6 +25,8 @@ SETTINGS_HINT = ("The settings, their ranges and a preset's values: "
 _PLAIN_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 #: ``full_resolution`` values (see its doc below).
 FULL_RESOLUTION_CHOICES = ("gpu", "always", "never")
+#: ``network`` values (see its doc below; ``model/normalise.py``).
+NETWORK_CHOICES = ("raw", "normalised")
 
 
 def _key(default: Any, doc: str, *, kind: type | tuple[type, ...], lo: float | None = None,
@@ -77,6 +79,12 @@ class StyleParams:
     style_loss: str = _key("gram", "gram, mean_cov (mean + covariance) or sliced_wasserstein",
                            kind=str, choices=("gram", "mean_cov", "sliced_wasserstein"))
     pooling: str = _key("avg", "VGG pooling: max or avg", kind=str, choices=("max", "avg"))
+    network: str = _key(
+        "raw", "VGG19 as the weights file has it (raw, neural-style's look) or Gatys' normalised "
+        "network (normalised: each channel's mean activation over a fixed reference set is 1, "
+        "so no channel dominates the Gram matrix by its scale alone; made once per weights "
+        "file, a few seconds, and cached). The default is to become normalised once the "
+        "presets are re-tuned on it (issue 32)", kind=str, choices=NETWORK_CHOICES)
     init: str = _key("content", "start from the content image or from noise", kind=str,
                      choices=("content", "noise"))
     style_scale: float = _key(1.0, "size of the style image relative to the content",

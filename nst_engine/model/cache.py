@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..params import StyleParams
+from .normalise import normalised
 from .vgg import VGGFeatures
 from .weights import VGGWeights, default_weights_path, load_weights
 
@@ -26,8 +27,10 @@ def model_for(weights: str | os.PathLike | None, weights_kind: str | None, param
     """The feature extractor for these weights, layers, pooling and device, and the weights'
     description (``VGGWeights`` without its tensors: ``verified``, ``notice``, ``kind``).
 
-    Cached in-process by (file, its size and mtime, kind, layers, pooling, circular padding
-    (``seamless``), device).
+    Cached in-process by (file, its size and mtime, kind, network (raw or normalised),
+    layers, pooling, circular padding (``seamless``), device): a warm engine keeps the raw and
+    the normalised network apart. The normalised one is made from the raw weights, once per
+    weights file, and cached on disk (``normalise.normalised``).
     """
     path = Path(weights) if weights is not None else default_weights_path()
     layers = tuple(sorted(set(params.content_layers) | set(params.style_layers)))
@@ -36,13 +39,15 @@ def model_for(weights: str | os.PathLike | None, weights_kind: str | None, param
         stamp = (st.st_size, st.st_mtime_ns)
     except OSError:
         stamp = None  # load_weights says what is wrong
-    key = (str(path.resolve() if stamp else path), stamp, weights_kind, layers, params.pooling,
-           params.seamless, str(device))
+    key = (str(path.resolve() if stamp else path), stamp, weights_kind, params.network, layers,
+           params.pooling, params.seamless, str(device))
     with _cache_lock:
         if key in _model_cache:
             _model_cache.move_to_end(key)
             return _model_cache[key]
     loaded = load_weights(path, kind=weights_kind)
+    if params.network == "normalised":
+        loaded = normalised(loaded)
     model = VGGFeatures(loaded, layers, params.pooling, params.seamless).to(device)
     entry = (model, replace(loaded, convs={}))
     with _cache_lock:

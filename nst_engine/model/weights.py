@@ -57,6 +57,12 @@ PREPROCESS: dict[str, dict[str, Any]] = {
 #: The compact cache: file name in ``config.weights_dir()`` and the format tag inside it.
 CACHE_FILE = "vgg19-convs.pt"
 CACHE_FORMAT = "nst-vgg19-convs/1"
+#: Gatys' normalised network (``normalise.py``), cached once per weights file beside the compact
+#: cache: its own file, whose name and metadata carry the version, so that a cache made by an
+#: older rule or reference set is rebuilt, never read as this one (and a raw cache never as a
+#: normalised one: the format tag differs). Bump the version whenever the factors would change.
+NORMALISED_FORMAT = "nst-vgg19-normalised"
+NORMALISE_VERSION = 1
 
 #: neural-style-pt's conversion of the Caffe VGG19 (torchvision key layout, Caffe preprocessing).
 CAFFE_URL = "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth"
@@ -111,11 +117,18 @@ class VGGWeights:
     verified: bool                    # the source's checksum matched a known file
     notice: str | None                # said to the user when not verified
     sha256: str | None = None         # of the raw source file, when known
+    network: str = "raw"              # "raw" | "normalised" (``normalise.normalised``)
 
 
 def default_weights_path() -> Path:
     """The compact cache that ``load_weights(None)`` reads and ``fetch-weights`` writes."""
     return config.weights_dir() / CACHE_FILE
+
+
+def normalised_cache_path(sha256: str, kind: str, version: int = NORMALISE_VERSION) -> Path:
+    """Where the normalised network of the weights with this source checksum and kind (the
+    preprocessing, hence the factors, depend on it) is cached."""
+    return config.weights_dir() / f"vgg19-normalised-v{version}-{kind}-{sha256[:16]}.pt"
 
 
 # ---------------------------------------------------------------------------------------------
