@@ -189,7 +189,7 @@ def _find_weights(report: dict, args: Any) -> Path | None:
 
 def _check_weights(report: dict, args: Any) -> bool:
     from .errors import EngineError
-    from .model.weights import load_weights
+    from .model.weights import load_weights, normalised_cache_path, sha256_of
 
     path = _find_weights(report, args)
     info = report["weights"]
@@ -201,6 +201,10 @@ def _check_weights(report: dict, args: Any) -> bool:
         return False
     info.update(ok=True, kind=w.kind, verified=w.verified, notice=w.notice,
                 sha256=w.sha256, convs=len(w.convs) // 2)
+    # Gatys' normalised network (issue 32, ``network: normalised``) is made from these weights
+    # once and cached beside them; say whether that has happened (the first run pays seconds).
+    normalised = normalised_cache_path(w.sha256 or sha256_of(w.source), w.kind)
+    info["normalised"] = {"path": str(normalised), "cached": normalised.is_file()}
     if not w.verified:
         _problem(report, "The weights are not a known VGG19 download (unknown checksum): "
                  "results will not be those of the real VGG19.",
@@ -310,6 +314,12 @@ def _print_text(r: dict) -> None:
             print(f"weights:     {w['path']} [{w['from']}]: {w['kind']}, {state}")
             if w.get("notice"):
                 print(f"             notice: {w['notice']}")
+            n = w.get("normalised")
+            if n:
+                print("             normalised network: " + (
+                    f"cached in {n['path']}" if n["cached"] else
+                    "not made yet (made once, in seconds, by the first run with "
+                    "network: normalised)"))
         elif "ok" not in w:  # --quick: looked for, not loaded
             print(f"weights:     {w['path']} [{w['from']}]: "
                   + ("found, not loaded (--quick)" if w["found"] else "not found"))

@@ -189,3 +189,21 @@ def test_doctor_gives_the_weights_verdict_and_the_default_path_apart(random_weig
     rc, report = _doctor_process("--weights", str(missing), env=env)
     w = report["weights"]
     assert rc == 1 and w["ok"] is False and w["found"] is False and str(missing) in w["error"]
+
+
+def test_doctor_says_whether_the_normalised_network_is_cached(random_weights_file, tmp_path,
+                                                             monkeypatch, capsys):
+    """Issue 32: the normalised network is made once per weights file; doctor shows whether
+    that has happened for these weights (the first normalised run pays the seconds)."""
+    from nst_engine.model import normalise
+
+    monkeypatch.setenv("NST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NST_CONFIG_DIR", str(tmp_path / "config"))
+    _, report = _run(capsys, weights=str(random_weights_file))
+    n = report["weights"]["normalised"]
+    assert n["cached"] is False and str(tmp_path / "data") in n["path"]
+    normalise.normalised(W.load_weights(random_weights_file))
+    _, report = _run(capsys, weights=str(random_weights_file))
+    assert report["weights"]["normalised"] == {"path": n["path"], "cached": True}
+    doctor.run(Namespace(weights=str(random_weights_file), json=False))
+    assert f"normalised network: cached in {n['path']}" in capsys.readouterr().out

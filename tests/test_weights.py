@@ -414,3 +414,20 @@ def test_testing_command_writes_a_loadable_file(tmp_path):
     assert w.kind == "caffe"
     assert torch.equal(w.convs["conv1_1.weight"],
                        random_vgg19_state(layout="caffe_names", seed=3)["conv1_1.weight"])
+
+
+def test_the_normalised_cache_is_named_by_version_kind_and_source(dirs):
+    """Issue 32: the normalised network's cache sits beside the compact cache, one file per
+    source checksum and kind (the preprocessing changes the factors), the version in its name,
+    so a cache made by another version is never the file read (and is rebuilt:
+    tests/test_normalise.py)."""
+    sha = "ab" * 32
+    path = W.normalised_cache_path(sha, "caffe")
+    assert path.parent == W.default_weights_path().parent
+    assert f"v{W.NORMALISE_VERSION}" in path.name and sha[:16] in path.name
+    others = {W.normalised_cache_path(sha, "torchvision"),
+              W.normalised_cache_path("cd" * 32, "caffe"),
+              W.normalised_cache_path(sha, "caffe", version=W.NORMALISE_VERSION + 1),
+              W.default_weights_path()}
+    assert path not in others and len(others) == 4
+    assert W.NORMALISED_FORMAT != W.CACHE_FORMAT
