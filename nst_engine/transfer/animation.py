@@ -18,6 +18,12 @@ the number of frames. Each frame is one ``pipeline.stylize`` call with a ``Frame
 - the results are warped bicubically (clamped to [0, 1]): bilinear warping blurs them a little
   more every frame, and the frames then drift away from the style.
 
+Per-frame costs on a GPU (issue 31): a frame's flows (6, 8 in loop mode) are computed together,
+in threads, and travel to the device in one copy (``warp.upload``: pinned, not waited for, on
+CUDA); on MPS the warps and masks run on the host (``warp.warp_device``). With ``upcoming`` (the
+command line knows the next frame), the next frame's flows are computed in a thread while this
+frame optimises on a GPU (not on the CPU, whose cores the optimisation uses).
+
 ``temporal_weight`` 0 styles every frame as an independent still (no flow, no OpenCV needed).
 The pipeline calls the hook (``plan``, ``start``, ``term``, ``keep``); nothing here changes a
 still's path.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -102,11 +109,15 @@ class Animation:
         self.size: tuple[int, int] | None = None
         self.count = 0
         self.stats: list[FrameStats] = []
+        #: The next frame's flows computed ahead (``_Ahead``), or None.
+        self.ahead: _Ahead | None = None
 
     def frame(self, content: Image.Image, *,
               progress: Callable[[Progress], None] | None = None,
-              cancel=None) -> Image.Image:
-        """Style the next frame; returns it like ``stylize`` (content's size and alpha)."""
+              cancel=None, upcoming: Image.Image | None = None) -> Image.Image:
+        """Style the next frame; returns it like ``stylize`` (content's size and alpha).
+        ``upcoming``: the frame after this one, when known (its flows are computed while this
+        one optimises on a GPU)."""
         from .pipeline import stylize  # noqa: PLC0415 - pipeline imports this module's hook
 
         if self.size is not None and content.size != self.size:
@@ -117,7 +128,7 @@ class Animation:
                 "frames (in GIMP: Image > Canvas Size / Layer to Image Size) and run again.")
         self.size = content.size
         stats = FrameStats(self.count + 1)
-        hook = FrameHook(self, content, stats) if self.temporal else None
+        hook = FrameHook(self, content, stats, upcoming) if self.temporal else None
         started = time.monotonic()
         more = {} if hook is None else {"frame": hook}  # independent frames: plain stills
         out = stylize(content=content, styles=self.styles, params=self.params,
@@ -137,6 +148,16 @@ class Animation:
             return 0.0
         return 1.0 / (self.frames + 2 - index)
 
+    def needs(self, index: int) -> list[_Kept]:
+        """The kept frames frame ``index`` is tied to (nearest first; then the first frame in
+        loop mode), as far as they are kept."""
+        earlier = {k.index: k for k in self.kept}
+        out = [earlier[index - j] for j in BACK if index - j in earlier]
+        if out and self.loop_share(index) > 0 and self.first is not None \
+                and all(k.index != self.first.index for k in out):
+            out.append(self.first)
+        return out
+
     def remember(self, kept: _Kept) -> None:
         self.kept.appendleft(kept)  # nearest first
         if self.loop and self.first is None:
@@ -146,8 +167,9 @@ class Animation:
 class FrameHook:
     """What ``pipeline.stylize`` asks of one frame of an animation (see the module doc)."""
 
-    def __init__(self, anim: Animation, content: Image.Image, stats: FrameStats) -> None:
-        self.anim, self.content, self.stats = anim, content, stats
+    def __init__(self, anim: Animation, content: Image.Image, stats: FrameStats,
+                 upcoming: Image.Image | None = None) -> None:
+        self.anim, self.content, self.stats, self.upcoming = anim, content, stats, upcoming
         self.index = anim.count + 1
         self.hw: tuple[int, int] | None = None
         self.rgb: np.ndarray | None = None
@@ -180,24 +202,28 @@ class FrameHook:
         earlier = {k.index: k for k in self.anim.kept}
         pairs = [earlier[self.index - j] for j in BACK if self.index - j in earlier]
         if not pairs:
+            self._look_ahead(device)
             return None
         from .flow import grey  # noqa: PLC0415
 
         cur = grey(self.rgb)
-        near = [self._tie(cur, k, device) for k in pairs]
+        work = warp.warp_device(device)  # MPS: the warps and masks on the host
+        self._compute_flows(cur, self.anim.needs(self.index), work)
+        self._look_ahead(device)
+        near = [self._tie(cur, k, work) for k in pairs]
         masks = warp.long_term([m for _, m in near])
         self.targets = [(t, m) for (t, _), m in zip(near, masks)]
         start = self.targets[0][0]
         share = self.anim.loop_share(self.index)
         if share > 0:  # loop mode: part of the way back to the first frame
-            first, trusted = self._tie(cur, self.anim.first, device)
+            first, trusted = self._tie(cur, self.anim.first, work)
             bridge = share * trusted
             self.targets = [(t, m * (1 - bridge)) for t, m in self.targets]
             self.targets.append((first, bridge))
             start = start * (1 - bridge) + first * bridge
             # ... and the first frame's own pixels where they went here: the way back
             # from the last frame is the first frame seen after it.
-            image, mask, where = self._tie_back(cur, self.anim.first, device)
+            image, mask, where = self._tie_back(cur, self.anim.first, work)
             self.reverse = [(image, share * mask, where)]
         self.stats.terms = len(self.targets) + len(self.reverse)
         self.stats.flow_seconds = time.monotonic() - t0
@@ -211,9 +237,10 @@ class FrameHook:
         targets, reverse = self.targets, self.reverse
         if tuple(hw) != tuple(self.hw):
             targets = [(resize(t, hw), resize(m, hw).clamp(0, 1)) for t, m in targets]
-            scale = torch.tensor([(hw[1] - 1) / max(self.hw[1] - 1, 1),
-                                  (hw[0] - 1) / max(self.hw[0] - 1, 1)])
-            reverse = [(t, m, c * scale.to(c.device)) for t, m, c in reverse]
+            sx, sy = (hw[1] - 1) / max(self.hw[1] - 1, 1), (hw[0] - 1) / max(self.hw[0] - 1, 1)
+            # Python numbers: no small tensor copied to the device (and waited for).
+            reverse = [(t, m, torch.stack((c[..., 0] * sx, c[..., 1] * sy), dim=-1))
+                       for t, m, c in reverse]
         return warp.TemporalTerm([(t.to(device), m.to(device)) for t, m in targets],
                                  self.anim.params.temporal_weight,
                                  [tuple(v.to(device) for v in r) for r in reverse])
@@ -239,23 +266,79 @@ class FrameHook:
         image, back, fwd = self._flows(cur, kept, device)
         return image, warp.consistency(fwd, back), warp.coords(fwd)
 
-    def _flows(self, cur: np.ndarray, kept: _Kept, device: torch.device
-               ) -> tuple[Tensor, Tensor, Tensor]:
-        """``kept``'s result at this frame's size, the flow this frame -> ``kept`` and back
-        (the pair computed once per frame and kept frame)."""
+    def _grey_of(self, kept: _Kept, cur: np.ndarray) -> np.ndarray:
         from .flow import grey  # noqa: PLC0415
 
-        key = kept.index
-        if key not in self._flow_cache:
-            rgb = kept.rgb
-            if rgb.shape[:2] != cur.shape:  # the working size changed between frames
-                rgb = np.asarray(Image.fromarray(rgb).resize((cur.shape[1], cur.shape[0]),
-                                                             Image.BICUBIC))
-            other = grey(rgb)
-            self._flow_cache[key] = (warp.flow_tensor(self.anim.flow(cur, other), device),
-                                     warp.flow_tensor(self.anim.flow(other, cur), device))
-        back, fwd = self._flow_cache[key]
+        rgb = kept.rgb
+        if rgb.shape[:2] != cur.shape:  # the working size changed between frames
+            rgb = np.asarray(Image.fromarray(rgb).resize((cur.shape[1], cur.shape[0]),
+                                                         Image.BICUBIC))
+        return grey(rgb)
+
+    def _compute_flows(self, cur: np.ndarray, kept: list[_Kept], device: torch.device) -> None:
+        """The flows this frame <-> each of ``kept``: taken from the look-ahead when it
+        computed them, the rest together (``Flow.many``); all uploaded in one copy."""
+        ahead, self.anim.ahead = self.anim.ahead, None
+        done = ahead.take(self.index, cur) if ahead is not None else {}
+        greys = {k.index: self._grey_of(k, cur) for k in kept if k.index not in done}
+        pairs = [p for g in greys.values() for p in ((cur, g), (g, cur))]
+        flows = iter(self.anim.flow.many(pairs))
+        done.update({i: (next(flows), next(flows)) for i in greys})
+        order = [k.index for k in kept]
+        moved = warp.upload([f for i in order for f in done[i]], device)
+        self._flow_cache = {i: (moved[2 * n], moved[2 * n + 1]) for n, i in enumerate(order)}
+
+    def _look_ahead(self, device: torch.device) -> None:
+        """On a GPU, with the next frame known: its flows in a thread while this one runs."""
+        if self.upcoming is None or device.type == "cpu":
+            return
+        h, w = self.hw
+        nxt = np.asarray(self.upcoming.convert("RGB").resize((w, h), Image.BICUBIC))
+        from .flow import grey  # noqa: PLC0415
+
+        cur = grey(nxt)
+        # What the next frame will keep: this one (nearest) and the kept ones it reaches.
+        this = _Kept(self.index, self.rgb, torch.empty(0))
+        kept = [this] + list(self.anim.kept) + ([self.anim.first] if self.anim.first else [])
+        index = self.index + 1
+        wanted = {index - j for j in BACK}
+        if self.anim.loop_share(index) > 0:
+            wanted.add(1)
+        greys = {k.index: self._grey_of(k, cur) for k in kept if k.index in wanted}
+        self.anim.ahead = _Ahead(index, cur, greys, self.anim.flow)
+
+    def _flows(self, cur: np.ndarray, kept: _Kept, device: torch.device
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """``kept``'s result at this frame's size on ``device``, and the flows this frame ->
+        ``kept`` and back (``_compute_flows`` made them)."""
+        back, fwd = self._flow_cache[kept.index]
         image = kept.image.to(device)
         if tuple(image.shape[-2:]) != tuple(cur.shape):
             image = resize(image, cur.shape)
         return image, back, fwd
+
+
+class _Ahead:
+    """The next frame's flows, computed in a daemon thread (OpenCV releases the GIL) while
+    the current frame optimises on a GPU; ``take`` waits for them."""
+
+    def __init__(self, index: int, cur: np.ndarray, greys: dict[int, np.ndarray],
+                 flow) -> None:
+        self.index, self.cur, self.flows = index, cur, {}
+        self.error: BaseException | None = None
+
+        def work() -> None:
+            try:
+                for i, g in greys.items():
+                    self.flows[i] = (flow(cur, g), flow(g, cur))
+            except BaseException as e:  # noqa: BLE001 - the frame computes them again
+                self.error = e
+        self.thread = threading.Thread(target=work, daemon=True, name="nst-flow-ahead")
+        self.thread.start()
+
+    def take(self, index: int, cur: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The flows, if they are for frame ``index`` as it came (else none)."""
+        self.thread.join()
+        if self.error is not None or index != self.index or not np.array_equal(cur, self.cur):
+            return {}
+        return dict(self.flows)

@@ -12,6 +12,11 @@ where it is in ``b``: ``a[y, x] ~ b[y + f[y, x, 1], x + f[y, x, 0]]``, as ``[H, 
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
 import numpy as np
 
 from ..errors import OPENCV_HINT, EngineError, FlowUnavailable
@@ -42,20 +47,36 @@ def grey(rgb: np.ndarray) -> np.ndarray:
 
 
 class Flow:
-    """DIS with one set of settings; ``__call__(a, b)`` on grey uint8 frames of one size."""
+    """DIS with one set of settings; ``__call__(a, b)`` on grey uint8 frames of one size;
+    ``many`` computes several pairs at once, in threads (OpenCV releases the GIL)."""
 
     def __init__(self, preset: str = "medium") -> None:
         cv2 = require_opencv()
         presets = {"fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
                    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST}
-        self._dis = cv2.DISOpticalFlow_create(presets[preset])
+        self._make = lambda: cv2.DISOpticalFlow_create(presets[preset])
         # Variational refinement on: sub-pixel accuracy away from motion boundaries.
+        # One DIS object per thread: an object keeps its buffers between calls, so two threads
+        # must not share one.
+        self._local = threading.local()
+
+    def many(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """``[self(a, b) for a, b in pairs]``, the pairs spread over up to one thread per core
+        (an animation frame needs 6-8; each one is the same as computed alone)."""
+        workers = min(len(pairs), os.cpu_count() or 1)
+        if workers <= 1:
+            return [self(a, b) for a, b in pairs]
+        with ThreadPoolExecutor(workers, thread_name_prefix="nst-flow") as pool:
+            return list(pool.map(lambda p: self(*p), pairs))
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.shape != b.shape or a.ndim != 2:
             raise ValueError(f"flow needs two grey frames of one size, got {a.shape}, {b.shape}")
-        f = self._dis.calc(a, b, None)
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = self._local.dis = self._make()
+        f = dis.calc(a, b, None)
         if f is None or f.shape != (*a.shape, 2) or not np.isfinite(f).all():
             raise EngineError("The optical flow between two frames could not be computed.",
                               "Check that the frames are images of one size; report it with "
