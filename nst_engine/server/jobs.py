@@ -2,7 +2,10 @@
 order, on the thread that calls ``Jobs.work``); *what* a job does is its session's
 (``Session.run_job``: the preset resolved, ``transfer.pipeline.stylize`` called, the reply
 sent). Also the payload memory budget all sessions reserve from, and handing the GPU's cached
-memory back after each job."""
+memory back after each job: after a still, and after an animation frame whose clip ended,
+failed or was replaced; not between the frames of a clip that goes on (each frame would
+allocate its working set again, issue 31), until the queue has been idle for
+``CACHE_IDLE_SECONDS`` (a clip its client stopped sending)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ MAX_QUEUED_JOBS = 16
 #: sessions together: being read, queued or running. Default DEFAULT_PAYLOAD_BUDGET.
 PAYLOAD_BUDGET_ENV = "NST_PAYLOAD_BUDGET"
 DEFAULT_PAYLOAD_BUDGET = 2 << 30
+#: Seconds without a job after which the cache kept for a clip in progress is handed back
+#: (the plug-in sends the next frame as soon as one returns: well under this).
+CACHE_IDLE_SECONDS = 10.0
 
 
 class PayloadBudget:
@@ -75,6 +81,8 @@ class Jobs:
         #: Seconds without activity after which ``work`` returns (None: never); may change
         #: while it runs (a replaced warm engine finishing its jobs).
         self.idle_exit: float | None = None
+        #: The device's cache was kept after the last job (a frame of a clip that goes on).
+        self.cache_kept = False
 
     def busy(self) -> bool:
         """A job runs or waits."""
@@ -116,9 +124,14 @@ class Jobs:
         while not stopping.is_set():
             with self._cond:
                 if not self._queue:
+                    idle = time.monotonic() - self.last_active
+                    if self.cache_kept and idle >= CACHE_IDLE_SECONDS:
+                        self.cache_kept = False  # the clip's client went quiet
+                        release_cached_memory()
                     idle_exit = self.idle_exit
-                    if idle_exit is not None and \
-                            time.monotonic() - self.last_active >= idle_exit:
+                    if idle_exit is not None and idle >= idle_exit:
+                        if self.cache_kept:
+                            release_cached_memory()
                         return
                     self._cond.wait(0.25)
                     continue
@@ -127,7 +140,9 @@ class Jobs:
             try:
                 session.run_job(request, cancel)
             finally:
-                release_cached_memory()
+                self.cache_kept = clip_goes_on(session, request)
+                if not self.cache_kept:
+                    release_cached_memory()
                 with self._cond:
                     self._running = None
                     self.last_active = time.monotonic()
@@ -144,6 +159,13 @@ class Jobs:
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+
+def clip_goes_on(session: Client, request: wire.Message) -> bool:
+    """Whether ``request`` was a frame of its session's animation and the clip still goes on
+    (``Session.clip``: dropped when the clip ends, fails or its session ends), so the next
+    frame reuses the cached working set."""
+    return bool(request.header.get("animation")) and getattr(session, "clip", None) is not None
 
 
 def release_cached_memory() -> None:
