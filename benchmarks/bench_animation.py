@@ -2,6 +2,7 @@
 
     python benchmarks/bench_animation.py [--frames 8] [--size 128] [--iterations 60]
         [--device cpu] [--weights FILE] [--json OUT]
+    python benchmarks/bench_animation.py --sampler 128,512,1024 [--device cpu]
 
 The clip: ``nst_engine.testing.synthetic_clip``, a textured background panned (2, 0.5 px a
 frame) and zoomed (1 % a frame), with a textured square moving 4 px a frame across it (real
@@ -18,6 +19,14 @@ forward-backward masks (computed once on the input frames) for every condition; 
 adjacent error of the same run; the style loss of each result at the finest level against the independent
 frames'; seconds per frame after the first against the first (a still), and the flow + mask
 time per frame. Random VGG19 weights unless --weights: real timings, not real pictures.
+
+``--sampler``: the loop term's two samplers (``grid_sample`` and ``warp.BilinearMap``, issue 31)
+timed forward + backward on a DIS flow of the clip at each width, with the map's build time and
+its backward's passes. On the CPU (2 cores shared with other jobs, load 6, so only the ratios
+hold; median of 12, grid_sample against the map, forward + backward): 128x96 0.55 against
+0.96 ms, build 29 ms, 8 passes; 512x384 44 against 76 ms, build 0.65 s, 24 passes; 1024x768
+194 against 446 ms, build 2.1 s, 34 passes. So the CPU keeps ``grid_sample``
+(``warp.reverse_by_gather``); CUDA and MPS use the map for its backward. GPU figures: pending.
 """
 
 from __future__ import annotations
@@ -161,6 +170,48 @@ def run(args) -> dict:
             "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "summary": summary}
 
 
+def sampler(sides, device: str) -> list[dict]:
+    """The loop term's two samplers, forward + backward, at each width (see the doc)."""
+    import torch
+    import torch.nn.functional as F
+    from nst_engine.transfer import warp
+    from nst_engine.transfer.flow import Flow, grey
+    dev, rows = torch.device(device), []
+    for side in sides:
+        a, b = clip(2, side)
+        back = warp.flow_tensor(Flow()(grey(a), grey(b)))
+        fwd = warp.flow_tensor(Flow()(grey(b), grey(a)))
+        h, w = back.shape[-2:]
+        c, mask = warp.coords(back).to(dev), warp.consistency(fwd, back).to(dev)
+        x = torch.rand(1, 3, h, w, device=dev, requires_grad=True)
+        target = torch.rand(1, 3, h, w, device=dev)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        bmap = warp.BilinearMap(c, (h, w), mask)
+        sync()
+        build = time.perf_counter() - t0
+        grid = torch.stack((c[..., 0] * (2.0 / (w - 1)) - 1.0,
+                            c[..., 1] * (2.0 / (h - 1)) - 1.0), dim=-1)
+        ways = {"grid_sample_ms": lambda: F.grid_sample(x, grid, mode="bilinear",
+                                                        padding_mode="border",
+                                                        align_corners=True),
+                "gather_ms": lambda: bmap.sample(x)}
+        row = {"size": f"{w}x{h}", "build_ms": build * 1e3, "passes": len(bmap.passes)}
+        for name, fn in ways.items():
+            times = []
+            for _ in range(12):
+                x.grad = None
+                sync()
+                t0 = time.perf_counter()
+                (mask * (fn() - target).pow(2)).sum().backward()
+                sync()
+                times.append(time.perf_counter() - t0)
+            row[name] = statistics.median(times) * 1e3
+        print("sampler", json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=8)
@@ -172,9 +223,11 @@ def main() -> int:
     p.add_argument("--temporal-weights", type=lambda t: [float(v) for v in t.split(",") if v],
                    default=[], help="also measure these temporal_weight values (a sweep)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--sampler", type=lambda t: [int(v) for v in t.split(",") if v],
+                   help="only time the loop term's samplers at these widths (px)")
     args = p.parse_args()
     import torch
-    out = run(args)
+    out = {"sampler": sampler(args.sampler, args.device)} if args.sampler else run(args)
     out["torch"] = torch.__version__
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")

@@ -433,6 +433,26 @@ def test_stylize_runs_inside_the_repeatable_scope(random_weights_file, monkeypat
     assert entered == [torch.device("cpu")]
 
 
+def test_the_loop_term_asks_its_images_device_and_gathers_without_grid_sample(monkeypatch):
+    """CUDA's grid_sample backward adds with atomics (and MPS has none): where
+    ``reverse_by_gather`` says so, the loop term never reaches it (issue 31, item 2)."""
+    from nst_engine.transfer import warp
+    asked = []
+    monkeypatch.setattr(warp, "reverse_by_gather", lambda dev: asked.append(dev) or True)
+    monkeypatch.setattr(warp.F, "grid_sample", lambda *a, **k: pytest.fail("grid_sample"))
+    x = torch.rand(1, 3, 8, 10, requires_grad=True)
+    shift = torch.zeros(1, 2, 8, 10)
+    shift[:, 0] = 0.5
+    term = warp.TemporalTerm([], 1.0, [(torch.rand(1, 3, 8, 10), torch.ones(1, 1, 8, 10),
+                                        warp.coords(shift))]).crop(slice(0, 8), slice(0, 10))
+    term(x).backward()
+    assert asked == [x.device] and x.grad.abs().sum() > 0
+    first = x.grad.clone()
+    x.grad = None
+    term(x).backward()
+    assert torch.equal(x.grad, first)  # the same sums in the same order
+
+
 # ---------------------------------------------------------------- bench_gpu's CPU side
 
 def _bench_gpu():

@@ -8,6 +8,13 @@ By default cuDNN may pick convolution algorithms whose backward pass adds in a v
 not measured yet (no GPU where this was written): ``benchmarks/bench_gpu.py`` times the
 engine with it. The CPU and MPS are left as they are: the CPU repeats a seed bit for bit
 already (same machine, torch and thread count); MPS promises nothing either way.
+
+cuDNN is not the only source of atomics: an animation's loop term differentiates a bilinear
+sample at every step, and ``grid_sample``'s CUDA backward adds with atomics. That term samples
+by ``transfer.warp.BilinearMap`` on CUDA instead (its backward adds into distinct pixels per
+pass), so loop mode repeats too. ``torch.use_deterministic_algorithms`` is not set: it is
+process-wide (a warm engine's other sessions), needs ``CUBLAS_WORKSPACE_CONFIG`` set before
+CUDA starts, and raises on ops with no deterministic kernel rather than choosing one.
 """
 
 from __future__ import annotations

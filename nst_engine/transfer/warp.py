@@ -68,7 +68,7 @@ def reverse_by_gather(device: torch.device) -> bool:
     """Whether the reverse term samples by ``BilinearMap`` on ``device``: on CUDA (no atomics in
     its backward, so a seed repeats) and MPS (``grid_sample`` has no backward there). The CPU
     keeps ``grid_sample``: its backward is serial there (repeats) and it is faster
-    (``benchmarks/bench_animation.py --sampler``; figures in benchmarks/README.md)."""
+    (``benchmarks/bench_animation.py --sampler``: the figures in its doc)."""
     return device.type in ("cuda", "mps")
 
 
