@@ -245,3 +245,8 @@ def test_preset_key_network_resolves():
     from nst_engine.presets import resolve
 
     assert resolve(None, {"network": "normalised"}).network == "normalised"
+
+
+def test_only_the_two_statistics_are_accepted(raw):
+    with pytest.raises(ValueError, match="mean or rms"):
+        N.normalise_convs(raw.convs, raw.kind, statistic="median")

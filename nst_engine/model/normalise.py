@@ -37,7 +37,7 @@ variation), a random mean colour and contrast per image, and a few smooth-edged 
 rectangles with flat or graded colours (occlusion edges and uniform regions, which 1/f noise
 alone lacks). They go through the weights' own preprocessing (``weights.PREPROCESS``).
 
-The result is cached once per weights file beside the compact cache (``cached_normalised``,
+The result is cached once per weights file beside the compact cache (``normalised``,
 ``weights.normalised_cache_path``): its name and its metadata carry ``NORMALISE_VERSION``, so
 a cache made by another version (another reference set or rule) is rebuilt, never misread.
 """
@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import replace
 
 import torch
@@ -128,14 +129,18 @@ def preprocess(rgb01: torch.Tensor, kind: str) -> torch.Tensor:
 
 @torch.no_grad()
 def normalise_convs(convs: dict[str, torch.Tensor], kind: str,
-                    images: torch.Tensor | None = None
+                    images: torch.Tensor | None = None, *, statistic: str = "mean"
                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                dict[str, torch.Tensor]]:
     """``(normalised convs, factors, dead)``: ``factors["conv3_1"]`` holds each channel's
     divisor, so the normalised network's conv3_1/relu3_1 output is the raw one divided by it;
     ``dead["conv3_1"]`` marks the channels scaled by their pre-activation's magnitude instead.
     ``convs`` is the engine's 16-conv dict (``conv1_1.weight`` …); ``images`` (RGB in [0, 1])
-    defaults to the reference set."""
+    defaults to the reference set. ``statistic="rms"`` (benchmarks only, never cached) divides
+    by each channel's root mean square instead of its mean: each channel's Gram diagonal is then
+    1 on the reference set, so sparse channels get no high peaks (bench_invariance.py)."""
+    if statistic not in ("mean", "rms"):
+        raise ValueError(f"statistic must be mean or rms, not {statistic!r}")
     x = preprocess(reference_images() if images is None else images, kind)
     out: dict[str, torch.Tensor] = {}
     factors: dict[str, torch.Tensor] = {}
@@ -156,6 +161,8 @@ def normalise_convs(convs: dict[str, torch.Tensor], kind: str,
         x = F.relu(y)
         del y
         mean = x.mean(dim=(0, 2, 3), dtype=torch.float64)
+        if statistic == "rms":
+            mean = x.square().mean(dim=(0, 2, 3), dtype=torch.float64).sqrt()
         alive = mean > DEAD * magnitude
         s = torch.where(alive, mean, torch.where(magnitude > 0, magnitude, 1.0)).float()
         dead[name] = ~alive
@@ -203,7 +210,7 @@ def _read_cache(path, sha: str, kind: str) -> dict[str, torch.Tensor] | None:
 
 def _write_cache(path, sha: str, kind: str, convs: dict[str, torch.Tensor]) -> None:
     """Atomically; a folder that cannot be written only costs the next run the few seconds."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = {"format": NORMALISED_FORMAT, "version": NORMALISE_VERSION, "kind": kind,
             "source_sha256": sha, "reference": [REFERENCE_COUNT, REFERENCE_SIZE, REFERENCE_SEED],
             "pooling": MEASURE_POOLING, "convs": convs}
