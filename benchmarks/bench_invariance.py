@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -141,9 +142,7 @@ def main() -> int:
         print(f"{network:<10}  moved {moved:5.2f}  {row}  (/255; "
               f"{sum(seconds.values()):.0f} s for {len(files)} runs)", flush=True)
     model_cache.clear()
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            f.unlink()
+    shutil.rmtree(tmp, ignore_errors=True)  # five weights files and their caches
     return 0
 
 
