@@ -375,3 +375,23 @@ def test_the_command_keeps_frame_count_and_delays(tmp_path, fake, common):
                    *common) == 0
         back = read_clip(tmp_path / f"out{ext}")
         assert len(back.frames) == 3 and back.durations == [0, 0, 50], ext
+
+
+def test_each_frame_is_given_the_next_one_for_its_flows(tmp_path, common, monkeypatch):
+    """Issue 31 item 5: the command line knows every frame up front, so each frame hands the
+    next one to the animation (its flows are computed while this frame optimises on a GPU)."""
+    from nst_engine.transfer import animation
+    given = []
+
+    def frame(self, content, *, upcoming=None, **kw):
+        self.count += 1
+        given.append(None if upcoming is None else upcoming.getpixel((0, 0)))
+        return content.copy()
+    monkeypatch.setattr(animation.Animation, "frame", frame)
+    out = tmp_path / "frames"
+    out.mkdir()
+    assert run(gif(tmp_path / "in.gif", n=3), "-s", png(tmp_path / "s.png"), "-o", out,
+               *common) == 0
+    firsts = [Image.open(p).convert("RGB").getpixel((0, 0)) for p in sorted(out.iterdir())]
+    assert len(given) == 3 and given[-1] is None
+    assert [g[:3] for g in given[:2]] == firsts[1:]

@@ -56,7 +56,9 @@ def stylize_clip(request: ClipRequest, device: torch.device, bar_for: BarFactory
             bar = bar_for(f"frame {i + 1}/{n}")
             stage = f"Frame {i + 1} of {n} failed: "
             try:
-                result = anim.frame(frame, progress=bar)
+                # The next frame's flows are computed while this one optimises on a GPU.
+                upcoming = request.frames[i + 1] if i + 1 < n else None
+                result = anim.frame(frame, progress=bar, upcoming=upcoming)
             finally:
                 _close(bar)
             stage = ""  # a write's message names its file
