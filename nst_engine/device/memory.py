@@ -43,6 +43,15 @@ BYTES_PER_PIXEL = {
     "sliced_wasserstein": {"float32": 5200.0, "torch.bfloat16": 4900.0,
                            "torch.float16": 4900.0},
 }
+#: Seamless levels (``seamless``: every convolution's input padded by ``model.wrap``, the
+#: padded copies kept for the backward pass) need this many times the table's figure, by
+#: precision. Measured like the table (``benchmarks/bench_seamless.py --calibrate``, the
+#: method of ``bench_tiles.py --calibrate``; benchmarks/README.md, "Memory model"): seamless
+#: levels grew by 3272 and 3364 B/px (float32, 256->512->768 px), 2032 and 2468 (bfloat16),
+#: against the table's 2600 and 2000, so x1.3 and x1.25. float16 takes bfloat16's, as the
+#: table does. Without it a seamless level planned on the plain figure holds more than it
+#: may (saved-for-backward alone is +24 % at 256 px float32, issue 31).
+SEAMLESS_FACTOR = {"float32": 1.3, "torch.bfloat16": 1.25, "torch.float16": 1.25}
 #: What a level needs besides its pixels: the model, the style targets, oneDNN's bf16 weight
 #: copies (measured: 80-250 MB at 256 px).
 FIXED_BYTES = 256 << 20
@@ -66,11 +75,14 @@ OBSERVE_MIN_PIXELS = 1 << 20
 #: this share of P is planned again on that device, precision and style loss in this process.
 OOM_SHARE = 0.5
 
-#: What this process learnt, per (device, precision, style loss): the largest bytes per pixel
-#: measured, and the fewest pixels that ran out of memory. Kept for the process's life, so a
-#: warm engine's later jobs plan with it (``forget`` is for tests).
-_observed: dict[tuple[str, str, str], float] = {}
-_failed: dict[tuple[str, str, str], int] = {}
+#: What this process learnt, per (device, precision, style loss, seamless): the largest bytes
+#: per pixel measured, and the fewest pixels that ran out of memory. Kept for the process's
+#: life, so a warm engine's later jobs plan with it (``forget`` is for tests). Seamless apart:
+#: its levels need more per pixel, and one seamless job must not make later plain jobs plan
+#: smaller levels (a plain figure still bounds a seamless one: ``bytes_per_pixel``).
+_Key = tuple[str, str, str, bool]
+_observed: dict[_Key, float] = {}
+_failed: dict[_Key, int] = {}
 _observed_lock = threading.Lock()
 
 
@@ -78,48 +90,60 @@ def _precision(amp: torch.dtype | None) -> str:
     return "float32" if amp is None else str(amp)
 
 
-def _key(device: torch.device, amp: torch.dtype | None, style_loss: str) -> tuple[str, str, str]:
-    return str(device), _precision(amp), style_loss
+def _key(device: torch.device, amp: torch.dtype | None, style_loss: str,
+         seamless: bool = False) -> _Key:
+    return str(device), _precision(amp), style_loss, bool(seamless)
+
+
+def _seamless_factor(precision: str) -> float:
+    return SEAMLESS_FACTOR.get(precision, SEAMLESS_FACTOR["float32"])
 
 
 def bytes_per_pixel(device: torch.device, amp: torch.dtype | None,
-                    style_loss: str = "gram") -> float:
-    """The table's figure, or the larger figure measured in this process on this device."""
-    key = _key(device, amp, style_loss)
+                    style_loss: str = "gram", seamless: bool = False) -> float:
+    """The table's figure (``SEAMLESS_FACTOR`` times it for a seamless level), or the larger
+    figure measured in this process on this device for such levels. A seamless level also
+    takes the plain levels' measured figure times the factor: the wrap only adds."""
+    key = _key(device, amp, style_loss, seamless)
     by_precision = BYTES_PER_PIXEL.get(style_loss, BYTES_PER_PIXEL["gram"])
     table = by_precision.get(key[1], by_precision["float32"])
+    factor = _seamless_factor(key[1]) if seamless else 1.0
     with _observed_lock:
-        return max(table, _observed.get(key, 0.0))
+        plain = _observed.get(_key(device, amp, style_loss), 0.0)
+        return max(table * factor, plain * factor, _observed.get(key, 0.0))
 
 
 def observe(device: torch.device, amp: torch.dtype | None, pixels: int, peak: int,
-            style_loss: str = "gram") -> None:
+            style_loss: str = "gram", seamless: bool = False) -> None:
     """Record a level's measured peak (bytes above what was allocated before it)."""
     if pixels < OBSERVE_MIN_PIXELS or peak <= 0:
         return  # on small levels the fixed part would pass for a per-pixel cost
-    key = _key(device, amp, style_loss)
+    key = _key(device, amp, style_loss, seamless)
     with _observed_lock:
         _observed[key] = max(_observed.get(key, 0.0), peak / pixels)
 
 
 def out_of_memory(device: torch.device, amp: torch.dtype | None, pixels: int,
-                  style_loss: str = "gram") -> None:
+                  style_loss: str = "gram", seamless: bool = False) -> None:
     """Record that ``pixels`` at once (a level or one tile) ran out of memory: from now on no
     plan in this process holds more than ``OOM_SHARE`` of it. Without this, every later job
     of a warm engine would plan the same size from the same table, fail, and retry in tiles."""
     if pixels <= 0:
         return
-    key = _key(device, amp, style_loss)
+    key = _key(device, amp, style_loss, seamless)
     with _observed_lock:
         _failed[key] = min(_failed.get(key, pixels), pixels)
 
 
 def pixel_ceiling(device: torch.device, amp: torch.dtype | None,
-                  style_loss: str = "gram") -> float:
-    """The most pixels at once a plan may hold after the out-of-memory errors seen here."""
+                  style_loss: str = "gram", seamless: bool = False) -> float:
+    """The most pixels at once a plan may hold after the out-of-memory errors seen here (a
+    seamless plan also below the plain levels' failures: it needs more than they did)."""
+    keys = [_key(device, amp, style_loss, seamless)] + (
+        [_key(device, amp, style_loss)] if seamless else [])
     with _observed_lock:
-        failed = _failed.get(_key(device, amp, style_loss))
-    return math.inf if failed is None else failed * OOM_SHARE
+        failed = [_failed[k] for k in keys if k in _failed]
+    return min(failed) * OOM_SHARE if failed else math.inf
 
 
 def forget() -> None:
@@ -171,24 +195,34 @@ def budget(device: torch.device) -> int:
 
 
 class Budget:
-    """The memory a run may use per level, and what fits in it."""
+    """The memory a run may use per level, and what fits in it.
+
+    ``seamless``: whole levels wrap (``SEAMLESS_FACTOR`` more per pixel); tiles never do (a
+    seamless level's tiles run the zero-padded network, ``pipeline._run_level``), so the tile
+    sides are the plain figure's."""
 
     def __init__(self, device: torch.device, amp: torch.dtype | None,
-                 total: int | None = None, *, style_loss: str = "gram") -> None:
+                 total: int | None = None, *, style_loss: str = "gram",
+                 seamless: bool = False) -> None:
         self.device, self.amp, self.style_loss = device, amp, style_loss
+        self.seamless = seamless
         self.total = budget(device) if total is None else total
         self.pixels = max(0, self.total - FIXED_BYTES)  # what the pixels may use
 
     @property
     def per_pixel(self) -> float:
-        return bytes_per_pixel(self.device, self.amp, self.style_loss)
+        return bytes_per_pixel(self.device, self.amp, self.style_loss, self.seamless)
+
+    def _max_pixels(self, seamless: bool) -> float:
+        return min(self.pixels / bytes_per_pixel(self.device, self.amp, self.style_loss,
+                                                 seamless),
+                   pixel_ceiling(self.device, self.amp, self.style_loss, seamless))
 
     @property
     def max_pixels(self) -> float:
-        """The most pixels one level (or tile) may have: what the budget holds, and less than
+        """The most pixels one whole level may have: what the budget holds, and less than
         what ran out of memory here before."""
-        return min(self.pixels / self.per_pixel,
-                   pixel_ceiling(self.device, self.amp, self.style_loss))
+        return self._max_pixels(self.seamless)
 
     def fits(self, hw: tuple[int, int]) -> bool:
         """Whether a whole level of this size fits."""
@@ -200,13 +234,13 @@ class Budget:
         return int(math.sqrt(self.max_pixels / aspect))
 
     def tile_side(self) -> int:
-        """The longest side of the square tiles that fit."""
-        return int(math.sqrt(self.max_pixels))
+        """The longest side of the square tiles that fit (tiles never wrap)."""
+        return int(math.sqrt(self._max_pixels(False)))
 
     def style_side(self, hw: tuple[int, int]) -> int:
         """The longest side a style image of this shape may have for its (gradient-free)
         statistics pass."""
-        pixels = self.max_pixels / NO_GRAD_SHARE
+        pixels = self._max_pixels(False) / NO_GRAD_SHARE  # no backward: nothing kept
         return int(math.sqrt(pixels * max(hw) / min(hw)))
 
     def holds_canvas(self, hw: tuple[int, int]) -> bool:

@@ -163,7 +163,8 @@ def _level_with_retry(run: RunState, level: levels.Level, **kw) -> Tensor:
             traceback.clear_frames(e.__traceback__)  # the failed attempt's tensors go now
         # Never plan this many pixels at once again in this process (later levels, later jobs
         # of a warm engine): the table's figure was too small for this device.
-        out_of_memory(run.dev, run.amp, _largest_piece(attempt), run.params.style_loss)
+        out_of_memory(run.dev, run.amp, _largest_piece(attempt), run.params.style_loss,
+                      attempt.wrap and attempt.tile is None)  # tiles run unwrapped
         release_cached(run.dev)
         tile = None if retry else levels.smaller_tile(attempt, run.memory)
         if tile is None:
@@ -245,6 +246,6 @@ def _run_level(run: RunState, level: levels.Level, *, image, model, plain_model,
         del result
     if measure:
         observe(dev, run.amp, hw[0] * hw[1], torch.cuda.max_memory_allocated(dev) - allocated,
-                params.style_loss)
+                params.style_loss, level.wrap)
     check_cancel()
     return canvas

@@ -28,7 +28,8 @@ class RunState:
         self.params, self.dev, self.progress, self.start = params, dev, progress, start
         self.precision = device_precision(dev)
         self.amp = self.precision.dtype
-        self.memory = Budget(dev, self.amp, style_loss=params.style_loss)
+        self.memory = Budget(dev, self.amp, style_loss=params.style_loss,
+                             seamless=params.seamless)
         self.levels = levels.plan(params, hw, dev, self.memory)
         self.level: levels.Level | None = None
         self.note: str | None = None
