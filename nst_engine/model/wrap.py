@@ -26,10 +26,85 @@ def _padded_like(x: Tensor) -> Tensor:
     return torch.empty((n, c, h + 2, w + 2), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
+#: Where the border is filled and folded by index operations (``index_copy_`` /
+#: ``index_add_`` with cached indices): on CUDA, where every dispatched operation is a host
+#: round of work and a kernel launch, and a seamless step at 512 px may be host-bound (issue
+#: 31). Elsewhere line copies on views: the CPU's index kernels take 10-30x a line copy on
+#: channels-last activations (benchmarks/README.md, "Seamless tiles"), and MPS lacks a
+#: verified ``index_copy_`` on every supported torch.
+INDEXED_DEVICES = ("cuda",)
+#: Cached index tensors: per padded shape, two int64 offsets per border element (a 2048 px
+#: level's first layers: 64 x 8200 x 16 B, 8 MB; the deeper ones less), and two per padded
+#: side. A step uses ~20 (fewer would rebuild them every step); beyond this many the cache
+#: starts again. The levels run coarse to fine, so the coarser levels' entries add at most
+#: about a third to the finest's (tens of MB on the device at most, next to a level's GBs).
+_INDEX_CACHE_SIZE = 48
+_index_cache: dict[tuple, Tensor | tuple[Tensor, Tensor]] = {}
+
+
+def _indexed(t: Tensor) -> bool:
+    """Whether ``t``'s border goes by index operations: on ``INDEXED_DEVICES``, sides of at
+    least 2 (a side of 1 would add twice to one element: an order left to CUDA's atomics)."""
+    return t.device.type in INDEXED_DEVICES and min(t.shape[-2:]) >= 4
+
+
+def _cached(key: tuple, make):
+    found = _index_cache.get(key)
+    if found is None:
+        if len(_index_cache) >= _INDEX_CACHE_SIZE:
+            _index_cache.clear()
+        found = _index_cache[key] = make()
+    return found
+
+
+def _flat_border(y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(to, from)``: the memory offsets (from ``y``'s storage offset) of every border
+    element of the padded ``y`` and of the interior element it copies, each border pixel
+    straight from the opposite interior (the corners from the opposite corner), so one
+    ``index_copy_`` fills all of it."""
+    def make() -> tuple[Tensor, Tensor]:
+        n, c, hp, wp = y.shape
+        h, w = hp - 2, wp - 2
+        rows = torch.arange(hp)
+        cols = torch.arange(wp)
+        edge = ((rows == 0) | (rows == hp - 1))[:, None] | ((cols == 0) | (cols == wp - 1))
+        r, q = edge.nonzero(as_tuple=True)
+        # Interior rows 1..h; row 0 is row h's copy, row h + 1 row 1's (columns alike).
+        r_src = torch.where(r == 0, h, torch.where(r == hp - 1, 1, r))
+        q_src = torch.where(q == 0, w, torch.where(q == wp - 1, 1, q))
+        s_n, s_c, s_h, s_w = y.stride()
+        lead = (torch.arange(n)[:, None] * s_n + torch.arange(c)[None] * s_c).reshape(-1, 1)
+        to = (lead + r * s_h + q * s_w).flatten()
+        frm = (lead + r_src * s_h + q_src * s_w).flatten()
+        return to.to(y.device), frm.to(y.device)
+    return _cached(("flat", tuple(y.shape), y.stride(), str(y.device)), make)
+
+
+def _flat(y: Tensor) -> Tensor:
+    """``y``'s memory as one dimension, from its first element to its last."""
+    span = 1 + sum((size - 1) * stride for size, stride in zip(y.shape, y.stride()))
+    return y.as_strided((span,), (1,), y.storage_offset())
+
+
+def _line_index(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``([0, n + 1], [n, 1])``: a padded side's border lines and the lines they copy."""
+    return _cached(("line", n, str(device)), lambda: (
+        torch.tensor([0, n + 1], device=device), torch.tensor([n, 1], device=device)))
+
+
 def _fill_border(y: Tensor) -> None:
-    """Sets ``y``'s 1 px border from its interior, wrapping (rows first; the columns then
-    carry the corners). ``select``/``narrow`` rather than indexing: a step runs this 13 times
-    and Python's indexing costs more than these copies on the deep layers."""
+    """Sets ``y``'s 1 px border from its interior, wrapping.
+
+    Indexed (CUDA, ``_indexed``): one gather and one scatter over the whole border, 2
+    operations and 1 view. Else rows first, then the columns full height (they carry the
+    corners): 4 line copies and 9 views. ``select``/``narrow`` rather than Python indexing:
+    a step runs this 13 times and indexing costs more than these copies on the deep
+    layers."""
+    if _indexed(y):
+        to, frm = _flat_border(y)
+        flat = _flat(y)
+        flat.index_copy_(0, to, flat.index_select(0, frm))
+        return
     h, w = y.shape[-2] - 2, y.shape[-1] - 2
     rows = y.narrow(-1, 1, w)
     rows.select(-2, 0).copy_(rows.select(-2, h))
@@ -41,7 +116,9 @@ def _fill_border(y: Tensor) -> None:
 def _fold_border(g: Tensor) -> Tensor:
     """The adjoint of ``_fill_border``: adds the gradient that reached the border to the
     pixels it was copied from (the columns first, full height, so the corners travel on with
-    the rows), in place, and returns the interior (a view).
+    the rows), in place, and returns the interior (a view). Indexed (``_indexed``): an
+    ``index_add_`` per side, 4 operations as before but 2 views instead of 10 (PyTorch lists
+    ``index_add_`` as deterministic on CUDA; here each element gets one addition anyway).
 
     In place is safe here: a padded tensor feeds one convolution and nothing else
     (``VGGFeatures._forward_wrapping``), so ``g`` is that convolution's fresh input gradient,
@@ -50,6 +127,11 @@ def _fold_border(g: Tensor) -> Tensor:
     if g.stride(-1) == 0 or g.stride(-2) == 0:  # an expanded gradient (zeros): make it real
         g = g.clone(memory_format=torch.preserve_format)
     h, w = g.shape[-2] - 2, g.shape[-1] - 2
+    if _indexed(g):  # one addition per element (the indices differ): no order to decide
+        for dim in (-1, -2):  # the rows full width: the corners travel with them
+            to, frm = _line_index(g.shape[dim] - 2, g.device)
+            g.index_add_(dim, frm, g.index_select(dim, to))
+        return g.narrow(-2, 1, h).narrow(-1, 1, w)
     g.select(-1, w).add_(g.select(-1, 0))
     g.select(-1, 1).add_(g.select(-1, w + 1))
     rows = g.narrow(-1, 1, w)
