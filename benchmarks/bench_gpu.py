@@ -26,7 +26,12 @@ weights unless --weights (same time and memory as real ones). Prints markdown ta
   memory      peak torch.cuda.max_memory_allocated of one level per megapixel, against the
               table in nst_engine/device/memory.py.
   seamless    s/iter of one level at each size with and without ``seamless`` (issue 25: the
-              run time within 5 %), each in a fresh subprocess, and the sync check with it on.
+              run time within 5 %), each in a fresh subprocess, and the sync check with it on;
+              also seamless with the wrap pad's line copies instead of its indexed border
+              (``model.wrap.INDEXED_DEVICES`` emptied: the path before issue 31), the peaks'
+              quotient (``memory.SEAMLESS_FACTOR``: 1.3 float32, 1.25 bf16/fp16) and the
+              operations one step dispatches on the device (compute = kernel launches +
+              views, ``bench_seamless.OpCounter``, at 256 px).
 """
 
 from __future__ import annotations
@@ -96,6 +101,9 @@ def w_engine(a: dict) -> dict:
             stamps.append((p.iteration, time.perf_counter()))  # read-backs have synced
     kw = dict(content=content, styles=[(style, 1.0)], device=a["device"], weights=a["weights"])
     seamless = a.get("seamless", False)
+    if a.get("lines"):  # the wrap pad as before issue 31: line copies on views
+        from nst_engine.model import wrap
+        wrap.INDEXED_DEVICES = ()
     stylize(params=_one_level(size, 30, seamless=seamless), **kw)  # warm-up: cuDNN's choice
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -103,7 +111,9 @@ def w_engine(a: dict) -> dict:
     rates = [(t1 - t0) / (i1 - i0) for (i0, t0), (i1, t1) in zip(stamps[1:], stamps[2:])
              if i1 > i0]
     peak = torch.cuda.max_memory_allocated() - before
-    return {"sec_per_iter": min(rates), "peak_mb": peak / 2**20,
+    from bench_seamless import step_ops
+    ops = step_ops(256, seamless, a["weights"], a["device"])
+    return {"sec_per_iter": min(rates), "peak_mb": peak / 2**20, "ops": ops,
             "mb_per_mp": peak / 2**20 / (size * (size * 3 // 4) / 1e6),
             "cadence": cadence(stamps), **allocator(torch.cuda.memory_stats())}
 
@@ -266,18 +276,26 @@ def main() -> int:
             print(f"\n4000x3000 at full resolution, end to end: {json.dumps(r)}", flush=True)
         if "seamless" in only:
             print("\n| size | s/iter | seamless s/iter | seamless / plain (bar <= 1.05) | "
-                  "peak MB | seamless peak MB |")
-            print("|---|---|---|---|---|---|")
+                  "seamless, line pads | peak MB | seamless peak MB | peak quotient | "
+                  "ops/step plain | seamless | seamless, line pads |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for size in [int(s) for s in args.sizes.split(",")]:
                 off = _run("engine", {**base, "size": size})
                 on = _run("engine", {**base, "size": size, "seamless": True})
-                if "error" in off or "error" in on:
-                    print(f"| {size} | {off.get('error', '')} | {on.get('error', '')} | | | |")
+                lines = _run("engine", {**base, "size": size, "seamless": True, "lines": True})
+                if any("error" in r for r in (off, on, lines)):
+                    print(f"| {size} | {off.get('error', '')} | {on.get('error', '')} | | "
+                          f"{lines.get('error', '')} | | | | | | |")
                     continue
+
+                def ops(r: dict) -> str:
+                    return f"{r['ops'][0]} + {r['ops'][1]} views"
                 print(f"| {size} | {off['sec_per_iter'] * 1e3:.2f} ms | "
                       f"{on['sec_per_iter'] * 1e3:.2f} ms | "
-                      f"{on['sec_per_iter'] / off['sec_per_iter']:.3f} | {off['peak_mb']:.0f} | "
-                      f"{on['peak_mb']:.0f} |", flush=True)
+                      f"{on['sec_per_iter'] / off['sec_per_iter']:.3f} | "
+                      f"{lines['sec_per_iter'] * 1e3:.2f} ms | {off['peak_mb']:.0f} | "
+                      f"{on['peak_mb']:.0f} | {on['peak_mb'] / off['peak_mb']:.3f} | "
+                      f"{ops(off)} | {ops(on)} | {ops(lines)} |", flush=True)
             r = _run("sync", {**base, "size": 512, "steps": 100, "seamless": True})
             print(f"\nsync debug mode, seamless, 100 steps at 512 px: {r}", flush=True)
     return 0

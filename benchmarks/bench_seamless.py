@@ -40,12 +40,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from nst_engine import StyleParams, stylize  # noqa: E402
 from nst_engine.model.cache import model_for  # noqa: E402
 from nst_engine.testing import make_random_vgg19_file, stripes, tiling_content  # noqa: E402
 from nst_engine.transfer import tiles  # noqa: E402
-from nst_engine.transfer.convert import to_tensor  # noqa: E402
+from nst_engine.transfer.convert import resize, to_tensor  # noqa: E402
 from nst_engine.transfer.objective import Objective  # noqa: E402
 
 
@@ -117,6 +118,167 @@ def style_loss(img: Image.Image, style: Image.Image, params: StyleParams, weight
     return float(parts["style"])
 
 
+class OpCounter(TorchDispatchMode):
+    """The operations a step dispatches: compute (a kernel launch on a GPU) and views (host
+    work only: shape and stride bookkeeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compute = self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view or func in _ALIASES:
+            self.views += 1
+        else:
+            self.compute += 1
+        return func(*args, **(kwargs or {}))
+
+
+_ALIASES = {torch.ops.aten.detach.default, torch.ops.aten.alias.default}
+
+
+def one_step(size: int, seamless: bool, weights, device: str = "cpu",
+             amp: torch.dtype | None = None):
+    """A function running one optimisation step's forward and backward at ``size`` px
+    (square, gram loss), as the engine runs it (the engine's objective and model)."""
+    dev = torch.device(device)
+    params = StyleParams().with_overrides(seamless=seamless)
+    model, _ = model_for(weights, None, params, dev)
+    g = torch.Generator().manual_seed(0)
+    style = torch.rand(1, 3, 128, 128, generator=g).to(dev)
+    objective = Objective(model, params, [(style, None, 1.0)], amp, torch.Generator().manual_seed(0))
+    objective.set_content(torch.rand(1, 3, size, size, generator=g).to(dev))
+    x = torch.rand(1, 3, size, size, generator=g).to(dev).requires_grad_()
+
+    def step():
+        x.grad = None
+        total, _ = objective(x)
+        total.backward()
+    return step, x
+
+
+def step_ops(size: int, seamless: bool, weights, device: str = "cpu") -> tuple[int, int]:
+    """(compute, view) operations of one step in the engine's precision on ``device``
+    (autocast's casts included), counted after a warm-up step."""
+    from nst_engine.device.resolve import device_precision
+
+    amp = device_precision(torch.device(device)).dtype
+    step, _ = one_step(size, seamless, weights, device, amp)
+    step()
+    with OpCounter() as c:
+        step()
+    return c.compute, c.views
+
+
+def saved_bytes(size: int, seamless: bool, weights, amp: torch.dtype | None) -> int:
+    """Bytes the forward pass keeps for the backward pass (each storage once)."""
+    step, x = one_step(size, seamless, weights, amp=amp)
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        kept[st.data_ptr()] = st.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    kept.pop(x.untyped_storage().data_ptr(), None)  # the image itself: not the step's
+    return sum(kept.values())
+
+
+def step_rows(size: int, repeats: int, weights) -> None:
+    """``--step``: one step's dispatched operations with and without the option, the CPU
+    time of a step (pairs alternated, median), and the bytes kept for the backward pass."""
+    steps = {on: one_step(size, on, weights)[0] for on in (False, True)}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for on in (False, True):
+        steps[on]()
+    for i in range(repeats):
+        for on in ((False, True) if i % 2 == 0 else (True, False)):
+            t = time.perf_counter()
+            steps[on]()
+            times[on].append(time.perf_counter() - t)
+    for on in (False, True):
+        compute, views = step_ops(size, on, weights)
+        print(f"seamless={str(on):5} {size} px: {compute} compute + {views} view operations "
+              f"a step; CPU step median {1000 * float(np.median(times[on])):.1f} ms "
+              f"({repeats} steps, min {1000 * min(times[on]):.1f})", flush=True)
+    for amp in (None, torch.bfloat16):
+        b = {on: saved_bytes(size, on, weights, amp) for on in (False, True)}
+        print(f"{str(amp or 'float32'):15} {size} px: kept for backward "
+              f"{b[False] / size**2:.0f} B/px plain, {b[True] / size**2:.0f} seamless "
+              f"(x{b[True] / b[False]:.3f})", flush=True)
+
+
+def resize_rows(repeats: int = 5) -> None:
+    """``--resize``: the seamless resize against the plain one, and against the old pad of a
+    whole period (kept here as it was, for the comparison): the cases of issue 31."""
+    import math
+
+    def period_padded(t, hw):
+        down = hw[0] * hw[1] < t.shape[-2] * t.shape[-1]
+
+        def margin(n, m):
+            step = n // math.gcd(n, m)
+            need = math.ceil(2 * max(1.0, n / m)) + 1
+            p = min(n, step * math.ceil(need / step))
+            return p, p * m // n
+        (h, w), (oh, ow) = t.shape[-2:], hw
+        (ph, qh), (pw, qw) = margin(h, oh), margin(w, ow)
+        out = F.interpolate(F.pad(t, (pw, pw, ph, ph), mode="circular"),
+                            size=(oh + 2 * qh, ow + 2 * qw),
+                            mode="bilinear" if down else "bicubic", align_corners=False,
+                            antialias=down)
+        return out[..., qh:qh + oh, qw:qw + ow].clamp(0, 1)
+    for src, dst in (((1001, 1335), (512, 688)), ((1536, 2048), (3001, 4001))):
+        t = torch.rand(1, 3, *src, generator=torch.Generator().manual_seed(0))
+        ways = {"plain": lambda: resize(t, dst), "wrap": lambda: resize(t, dst, wrap=True),
+                "old period pad": lambda: period_padded(t, dst)}
+        best = {}
+        for name, f in ways.items():
+            f()
+            ts = []
+            for _ in range(repeats):
+                s = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - s)
+            best[name] = min(ts)
+        diff = (resize(t, dst, wrap=True) - period_padded(t, dst)).abs().max().item()
+        print(f"{src} -> {dst}: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in best.items())
+              + f" (best of {repeats}); wrap vs old: max difference {diff:.1e}", flush=True)
+
+
+def calibrate(sizes: str, weights: str) -> None:
+    """``--calibrate``: bytes per pixel of one level with and without the option, measured as
+    ``bench_tiles.py --calibrate`` measures the table's figures (its worker: a fresh process
+    per row, the peak's growth above the resident memory at "preparing"), gram loss, float32
+    and bfloat16. The quotient is ``memory.SEAMLESS_FACTOR``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_tiles import _run
+
+    print("\n| precision | size | pixels | MB plain | MB seamless | B/px plain | "
+          "B/px seamless | seamless / plain (slope) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for bf16 in ("0", "1"):
+        prev: dict[bool, tuple[int, float]] = {}
+        for size in (int(s) for s in sizes.split(",")):
+            px, row = size * (size * 3 // 4), {}
+            for on in (False, True):
+                r = _run({"size": size, "weights": weights,
+                          "params": {"max_size": size, "levels": 1, "iterations": 3,
+                                     "seed": 0, "full_resolution": "never",
+                                     "style_scale": 0.1, "seamless": on}},
+                         env={"NST_ENGINE_CPU_BF16": bf16})
+                row[on] = r.get("extra_mb", float("nan"))
+            slopes = {on: (row[on] - prev[on][1]) * 2**20 / (px - prev[on][0])
+                      for on in row if on in prev}
+            ratio = f"{slopes[True] / slopes[False]:.3f}" if len(slopes) == 2 else ""
+            fmt = {on: f"{slopes[on]:.0f}" if on in slopes else "" for on in row}
+            print(f"| {'bfloat16' if bf16 == '1' else 'float32'} | {size} | {px} | "
+                  f"{row[False]:.0f} | {row[True]:.0f} | {fmt[False]} | {fmt[True]} | "
+                  f"{ratio} |", flush=True)
+            prev = {on: (px, row[on]) for on in row}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
@@ -128,9 +290,24 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="where the runs execute (the style "
                     "losses are judged on the CPU)")
     ap.add_argument("--weights", help="VGG19 weights (default: random ones made here)")
+    ap.add_argument("--calibrate", metavar="SIZES", help="only the memory rows: bytes per "
+                    "pixel with and without the option at these widths (e.g. 256,512,768)")
+    ap.add_argument("--step", type=int, metavar="PX", help="only one step at this size: "
+                    "its operations, CPU time and bytes kept for the backward pass")
+    ap.add_argument("--repeats", type=int, default=10, help="--step: timed steps")
+    ap.add_argument("--resize", action="store_true", help="only the seamless resize's time")
     args = ap.parse_args()
+    if args.resize:
+        resize_rows()
+        return 0
     weights = args.weights or make_random_vgg19_file(
         Path(tempfile.mkdtemp()) / "vgg19-random.pth")
+    if args.calibrate:
+        calibrate(args.calibrate, str(weights))
+        return 0
+    if args.step:
+        step_rows(args.step, args.repeats, weights)
+        return 0
     style = stripes(128)
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
           f"{args.size} px, "
