@@ -162,7 +162,13 @@ def _wrap_borders(out: Tensor, src: Tensor, cubic: bool) -> None:
     if len(rows):  # top and bottom strips: their source rows across the whole width
         used, inverse = index_h[rows].unique(return_inverse=True)
         strip = _gather(src.index_select(-2, used.to(src.device)), -1, index_w, weight_w)
-        out[..., rows.to(out.device), :] = _gather(strip, -2, inverse, weight_h[rows])
+        # index_copy_, not ``out[..., rows, :] =``: its index_put took a quarter of the time
+        # of the whole resize (1001x1335 -> 512x688 on the CPU).
+        out.index_copy_(-2, rows.to(out.device), _gather(strip, -2, inverse, weight_h[rows]))
     if len(cols):  # left and right strips, all rows (the corners again, the same values)
-        strip = _gather(src, -1, index_w[cols], weight_w[cols])
-        out[..., cols.to(out.device)] = _gather(strip, -2, index_h, weight_h)
+        # Their source columns picked once: a gather per tap across the whole image's rows
+        # on the last dimension is the slow kind of gather on the CPU.
+        used, inverse = index_w[cols].unique(return_inverse=True)
+        picked = src.index_select(-1, used.to(src.device))
+        strip = _gather(picked, -1, inverse, weight_w[cols])
+        out.index_copy_(-1, cols.to(out.device), _gather(strip, -2, index_h, weight_h))
