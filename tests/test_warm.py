@@ -46,6 +46,10 @@ def runtime(monkeypatch):
     folder = parent / "run"
     monkeypatch.setenv("NST_RUNTIME_DIR", str(folder))
     monkeypatch.setenv(warm.BUILD_ENV, "test-build")  # others may touch the checkout mid-test
+    # Several tests compare results of two engines: each measures its CPU precision anew when
+    # the machine is busy (and caches nothing then), so one may pick bfloat16 and the other
+    # float32. One precision for every engine these tests start.
+    monkeypatch.setenv("NST_ENGINE_CPU_BF16", "0")
     yield folder
     if folder.exists():
         warm.stop_engine(folder, force=True)
