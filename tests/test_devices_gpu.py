@@ -374,21 +374,34 @@ def test_the_table_knows_each_style_loss():
         memory.BYTES_PER_PIXEL["gram"]["float32"]
 
 
-def test_a_later_job_does_not_repeat_an_out_of_memory_error(random_weights_file, monkeypatch):
-    """Job 1 runs out of memory at its level and retries in tiles; job 2 (a warm engine's
-    next job, same size) plans the tiles from the start: no second error."""
-    monkeypatch.setenv(memory.BUDGET_ENV, "4096")  # the table says the whole level fits
-    failures = []
-    real = optimise_module.optimise
+def inject_out_of_memory(monkeypatch, when=lambda run: True) -> list:
+    """A device too small for a whole 96x128 level: ``pipeline.optimise`` raises torch's
+    out-of-memory error for more than 7000 px at once (0.57 of the level) when ``when(run)``,
+    while the memory table says the whole level fits. Returns the failed shapes, as they come."""
+    monkeypatch.setenv(memory.BUDGET_ENV, "4096")
+    failures, real = [], optimise_module.optimise
 
     def small_device(run, objective, init, n_steps, check_cancel):
-        if init.shape[-2] * init.shape[-1] > 7000:  # more than 0.57 of the 96x128 level
+        if when(run) and init.shape[-2] * init.shape[-1] > 7000:
             failures.append(tuple(init.shape[-2:]))
             raise torch.OutOfMemoryError("injected: out of memory")
         return real(run, objective, init, n_steps, check_cancel)
     monkeypatch.setattr(pipeline, "optimise", small_device)
-    content = Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 128, 3), np.uint8))
-    style = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), np.uint8))
+    return failures
+
+
+def out_of_memory_pictures():
+    """The 96x128 content and a style for ``inject_out_of_memory``'s level."""
+    rng = np.random.default_rng
+    return (Image.fromarray(rng(1).integers(0, 255, (96, 128, 3), np.uint8)),
+            Image.fromarray(rng(2).integers(0, 255, (40, 40, 3), np.uint8)))
+
+
+def test_a_later_job_does_not_repeat_an_out_of_memory_error(random_weights_file, monkeypatch):
+    """Job 1 runs out of memory at its level and retries in tiles; job 2 (a warm engine's
+    next job, same size) plans the tiles from the start: no second error."""
+    failures = inject_out_of_memory(monkeypatch)
+    content, style = out_of_memory_pictures()
     params = _small(max_size=128, iterations=2)
     notes = []
 

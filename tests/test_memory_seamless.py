@@ -100,22 +100,11 @@ def test_a_seamless_out_of_memory_error_leaves_plain_jobs_whole(random_weights_f
     """The engine's own path (``pipeline``): a whole seamless level runs out of memory and
     retries in tiles; the error is recorded as seamless, so the next plain job of the same
     size still runs whole."""
-    import numpy as np
-    from PIL import Image
+    from nst_engine.transfer import stylize
+    from tests.test_devices_gpu import inject_out_of_memory, out_of_memory_pictures
 
-    from nst_engine.transfer import optimise as optimise_module, pipeline, stylize
-
-    monkeypatch.setenv(memory.BUDGET_ENV, "4096")  # the table says the whole level fits
-    failures, real = [], optimise_module.optimise
-
-    def wrap_fails(run, objective, init, n_steps, check_cancel):
-        if run.params.seamless and init.shape[-2] * init.shape[-1] > 7000:
-            failures.append(tuple(init.shape[-2:]))
-            raise torch.OutOfMemoryError("injected: out of memory")
-        return real(run, objective, init, n_steps, check_cancel)
-    monkeypatch.setattr(pipeline, "optimise", wrap_fails)
-    content = Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 128, 3), np.uint8))
-    style = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), np.uint8))
+    failures = inject_out_of_memory(monkeypatch, when=lambda run: run.params.seamless)
+    content, style = out_of_memory_pictures()
 
     def job(seamless: bool):
         progress = []
